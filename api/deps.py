@@ -1,0 +1,39 @@
+"""Dependencies injected into endpoints: settings, database session, Celery app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from shared.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings this app was built with."""
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A session per request; endpoints commit, anything else is rolled back."""
+    session: Session = request.app.state.session_factory()
+    try:
+        yield session
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def get_celery(request: Request) -> Celery:
+    """The Celery app used to send tasks by name."""
+    return request.app.state.celery  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]

@@ -1,0 +1,65 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.middleware import BodyLimitMiddleware
+from api.routers import datasets, health
+from shared.db import make_engine, make_session_factory
+from shared.logging import configure_logging
+from shared.queue import create_celery
+from shared.settings import Settings, get_settings
+
+API_PREFIX = "/api/v1"
+
+DESCRIPTION = """\
+A modern, open DIGITS: upload labelled image datasets, train image classifiers on your GPUs
+without writing training code, and use the models, over REST.
+
+Every error is `application/problem+json` (RFC 9457) with a stable `code`.
+Long work answers `202 Accepted` with the resource to poll.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API for the given settings (the environment's when omitted)."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings)
+        app.state.engine = engine
+        app.state.session_factory = make_session_factory(engine)
+        app.state.celery = create_celery(settings)
+        logging.getLogger("digits.api").info(
+            "api ready database=%s broker=%s",
+            engine.url.render_as_string(hide_password=True),
+            "filesystem" if settings.is_embedded_broker else "redis",
+        )
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="digits",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
+    app.include_router(health.router, prefix=API_PREFIX)
+    app.include_router(datasets.router, prefix=API_PREFIX)
+    return app

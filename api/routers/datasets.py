@@ -1,0 +1,391 @@
+"""Datasets: import labelled images (DIGITS folder and textfile methods), read, explore, delete."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Query, Request, UploadFile
+from fastapi.responses import Response
+from pydantic import Field
+
+from api.deps import CeleryDep, SessionDep, SettingsDep
+from shared import archives, dataset_store, queue, storage
+from shared.errors import DomainError, Forbidden, InvalidInput, NotFound, ServiceUnavailable
+from shared.models import Status
+from shared.schemas.common import PROBLEM_RESPONSES, Page, Problem
+from shared.schemas.datasets import DatasetOptions, DatasetRead, SamplePage, SampleRead, Split
+from shared.services import datasets as service
+from shared.services.states import transition
+from shared.settings import Settings
+
+log = logging.getLogger("digits.api.datasets")
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+PNG = {200: {"content": {"image/png": {}}, "description": "A PNG image"}}
+
+
+class _Upload:
+    """Uploaded files of one request, saved under the new dataset's folder."""
+
+    def __init__(self, settings: Settings, dataset_id: uuid.UUID) -> None:
+        self.dir = storage.dataset_uploads_dir(settings, dataset_id)
+        self.root = storage.dataset_dir(settings, dataset_id)
+
+    def save(self, upload: UploadFile, name: str) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        target = self.dir / name
+        upload.file.seek(0)
+        with open(target, "xb") as out:
+            shutil.copyfileobj(upload.file, out, 1024 * 1024)
+        return target
+
+    def discard(self) -> None:
+        storage.remove_tree(self.root)
+
+
+def _server_folder(settings: Settings, raw: str, field: str) -> Path:
+    """A server path the caller may import from: under an allowed root, an existing folder."""
+    if not settings.import_roots:
+        raise Forbidden(
+            f"{field}: importing from server folders is disabled; "
+            "set DIGITS_IMPORT_ROOTS or upload an archive",
+            code="import_path_not_allowed",
+        )
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        raise InvalidInput(f"{field}: {raw!r} must be an absolute path", code="invalid_path")
+    if not storage.is_under(path, settings.import_roots):
+        raise Forbidden(
+            f"{field}: {raw!r} is outside the allowed import roots",
+            code="import_path_not_allowed",
+        )
+    if not path.is_dir():
+        raise InvalidInput(f"{field}: {raw!r} is not a folder", code="invalid_path")
+    return path
+
+
+def _limits(settings: Settings) -> archives.ArchiveLimits:
+    return archives.ArchiveLimits(
+        max_members=settings.archive_max_members,
+        max_total_bytes=settings.archive_max_total_bytes,
+    )
+
+
+def _save_archive(
+    upload: _Upload, settings: Settings, file: UploadFile, split: str
+) -> dict[str, Any]:
+    path = upload.save(file, f"{split}.archive")
+    try:
+        info = archives.inspect_archive(path, _limits(settings))
+    except archives.UnsafeArchive as exc:
+        raise InvalidInput(f"{split} archive: {exc}", code=exc.code) from exc
+    return {
+        "kind": "archive",
+        "file": str(path.relative_to(upload.root)),
+        "filename": file.filename,
+        "archive": info.kind,
+        "members": info.members,
+    }
+
+
+def _save_list(upload: _Upload, file: UploadFile, name: str) -> str:
+    path = upload.save(file, name)
+    try:
+        path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{name}: not a UTF-8 text file", code="invalid_list_file") from exc
+    return str(path.relative_to(upload.root))
+
+
+class DatasetCreateForm(DatasetOptions):
+    """Import options plus the uploaded files (multipart/form-data)."""
+
+    archive: UploadFile | None = Field(
+        default=None, description="Archive (.zip, .tar, .tar.gz) of class folders"
+    )
+    val_archive: UploadFile | None = Field(default=None, description="Separate val set archive")
+    test_archive: UploadFile | None = Field(default=None, description="Separate test set archive")
+    train_list: UploadFile | None = Field(
+        default=None, description="Text file of `path label` lines (DIGITS textfile method)"
+    )
+    val_list: UploadFile | None = Field(default=None, description="Val list (textfile method)")
+    test_list: UploadFile | None = Field(default=None, description="Test list (textfile method)")
+    labels: UploadFile | None = Field(
+        default=None, description="Class names, line i = class i (textfile method)"
+    )
+
+
+_FILE_FIELDS = ("archive", "val_archive", "test_archive", "train_list", "val_list", "test_list",
+                "labels")
+
+
+@router.post(
+    "",
+    status_code=202,
+    operation_id="create_dataset",
+    summary="Import a labelled image dataset",
+    response_model=DatasetRead,
+    responses={**PROBLEM_RESPONSES, 403: {"model": Problem}, 413: {"model": Problem},
+               503: {"model": Problem}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"$ref": "#/components/schemas/DatasetCreateForm"}
+                }
+            },
+        }
+    },
+)
+def create_dataset(
+    form: Annotated[DatasetCreateForm, Form(media_type="multipart/form-data")],
+    session: SessionDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+) -> DatasetRead:
+    """Queue the import of a dataset from an archive, a server folder or list files (202)."""
+    opts = DatasetOptions.model_validate(form.model_dump(exclude=set(_FILE_FIELDS)))
+    dataset_id = uuid.uuid4()
+    upload = _Upload(settings, dataset_id)
+    try:
+        source = _collect_sources(
+            upload, settings, opts, form.archive, form.val_archive, form.test_archive,
+            form.train_list, form.val_list, form.test_list, form.labels,
+        )
+        dataset = service.create_dataset(session, dataset_id, opts, source)
+        session.commit()
+    except BaseException:
+        upload.discard()
+        raise
+    try:
+        queue.send_import(celery, dataset.id)
+    except Exception as exc:
+        log.error("dataset=%s enqueue failed: %s", dataset.id, exc)
+        transition(dataset, Status.ERROR, reason="the job queue is unavailable; submit again")
+        session.commit()
+        upload.discard()
+        raise ServiceUnavailable(
+            "the job queue is unavailable; submit again shortly", code="broker_unavailable"
+        ) from exc
+    log.info("dataset=%s queued name=%r method=%s", dataset.id, dataset.name,
+             source["method"])
+    return service.to_read(dataset)
+
+
+def _collect_sources(
+    upload: _Upload,
+    settings: Settings,
+    opts: DatasetOptions,
+    archive: UploadFile | None,
+    val_archive: UploadFile | None,
+    test_archive: UploadFile | None,
+    train_list: UploadFile | None,
+    val_list: UploadFile | None,
+    test_list: UploadFile | None,
+    labels: UploadFile | None,
+) -> dict[str, Any]:
+    """Validate which sources were given, save uploads, and describe them for the worker."""
+    method = "textfile" if train_list is not None else "folder"
+    source: dict[str, Any] = {"method": method}
+    splits = {
+        "train": (archive, opts.train_path),
+        "val": (val_archive, opts.val_path),
+        "test": (test_archive, opts.test_path),
+    }
+    if method == "folder":
+        if labels is not None or val_list is not None or test_list is not None:
+            raise InvalidInput(
+                "labels, val_list and test_list belong to the textfile method: send train_list too",
+                code="invalid_source",
+            )
+        if opts.image_root:
+            raise InvalidInput("image_root is only used with train_list", code="invalid_source")
+        for split, (file, path) in splits.items():
+            if file is not None and path:
+                raise InvalidInput(
+                    f"{split}: give an archive or a server path, not both", code="invalid_source"
+                )
+            if file is not None:
+                source[split] = _save_archive(upload, settings, file, split)
+            elif path:
+                folder = _server_folder(settings, path, f"{split}_path")
+                source[split] = {"kind": "path", "path": str(folder)}
+        if "train" not in source:
+            raise InvalidInput(
+                "no images: upload an `archive`, give `train_path`, or send `train_list` "
+                "with `labels`",
+                code="missing_source",
+            )
+        return source
+
+    # textfile: list files name the images; they live in the archive or under image_root
+    if labels is None:
+        raise InvalidInput("the textfile method needs a `labels` file", code="missing_labels")
+    if opts.train_path or opts.val_path or opts.test_path or val_archive or test_archive:
+        raise InvalidInput(
+            "with train_list, give images as one `archive` or `image_root`, "
+            "and val/test as val_list/test_list",
+            code="invalid_source",
+        )
+    if archive is not None and opts.image_root:
+        raise InvalidInput("give an archive or image_root, not both", code="invalid_source")
+    if archive is not None:
+        images: dict[str, Any] = _save_archive(upload, settings, archive, "images")
+    elif opts.image_root:
+        images = {"kind": "path", "path": str(_server_folder(settings, opts.image_root,
+                                                             "image_root"))}
+    else:
+        raise InvalidInput(
+            "the textfile method needs the images: an `archive` or `image_root`",
+            code="missing_source",
+        )
+    source["images"] = images
+    source["labels"] = _save_list(upload, labels, "labels.txt")
+    for split, file in (("train", train_list), ("val", val_list), ("test", test_list)):
+        if file is not None:
+            source[split] = {"kind": "list", "file": _save_list(upload, file, f"{split}.txt"),
+                             "filename": file.filename}
+    return source
+
+
+@router.get(
+    "",
+    operation_id="list_datasets",
+    summary="List datasets",
+    response_model=Page[DatasetRead],
+    responses={422: {"model": Problem}},
+)
+def list_datasets(
+    session: SessionDep,
+    status: Annotated[Status | None, Query(description="Only datasets in this state")] = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=200)] = 25,
+) -> Page[DatasetRead]:
+    """A page of datasets, newest first, optionally filtered by status."""
+    items, total = service.list_datasets(session, status=status, page=page, per_page=per_page)
+    return Page[DatasetRead](
+        items=[service.to_read(d) for d in items], total=total, page=page, per_page=per_page
+    )
+
+
+@router.get(
+    "/{dataset_id}",
+    operation_id="get_dataset",
+    summary="Show a dataset",
+    response_model=DatasetRead,
+    responses={404: {"model": Problem}, 422: {"model": Problem}},
+)
+def get_dataset(dataset_id: uuid.UUID, session: SessionDep) -> DatasetRead:
+    """A dataset: classes, counts per split and class, image shape, size, import speed."""
+    return service.to_read(service.get_dataset(session, dataset_id))
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    operation_id="delete_dataset",
+    summary="Delete a dataset",
+    responses={404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem}},
+)
+def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> Response:
+    """Delete a dataset and its files; refused while jobs use it."""
+    dataset = service.prepare_delete(session, dataset_id)
+    session.delete(dataset)
+    session.commit()
+    storage.remove_tree(storage.dataset_dir(settings, dataset_id))
+    log.info("dataset=%s deleted", dataset_id)
+    return Response(status_code=204)
+
+
+def _done_dir(session: SessionDep, settings: Settings, dataset_id: uuid.UUID) -> Path:
+    dataset = service.get_ready_dataset(session, dataset_id)
+    return storage.dataset_dir(settings, dataset.id)
+
+
+@router.get(
+    "/{dataset_id}/mean.png",
+    operation_id="get_dataset_mean_image",
+    summary="The mean image of the training split",
+    response_class=Response,
+    responses={**PNG, 404: {"model": Problem}, 409: {"model": Problem}},
+)
+def get_mean_image(dataset_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> Response:
+    """The mean training image as PNG (what mean subtraction removes)."""
+    folder = _done_dir(session, settings, dataset_id)
+    return Response(dataset_store.mean_png_bytes(folder), media_type="image/png")
+
+
+@router.get(
+    "/{dataset_id}/samples",
+    operation_id="list_dataset_samples",
+    summary="Page through the images of a split",
+    response_model=SamplePage,
+    responses={404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem}},
+)
+def list_samples(
+    request: Request,
+    dataset_id: uuid.UUID,
+    session: SessionDep,
+    settings: SettingsDep,
+    split: Split = "train",
+    label: Annotated[int | None, Query(ge=0, description="Only this class index")] = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=200)] = 25,
+) -> SamplePage:
+    """DIGITS's explore view: the samples of a split, optionally of one class, with image URLs."""
+    dataset = service.get_ready_dataset(session, dataset_id)
+    classes = dataset.classes or []
+    if label is not None and label >= len(classes):
+        raise InvalidInput(f"label {label} does not exist (0..{len(classes) - 1})",
+                           code="invalid_label")
+    folder = storage.dataset_dir(settings, dataset.id)
+    reader = _reader(folder, split)
+    labels = reader.labels
+    indices = range(len(labels)) if label is None else (labels == label).nonzero()[0]
+    total = len(indices)
+    start = (page - 1) * per_page
+    chosen = [int(i) for i in indices[start : start + per_page]]
+    base = str(request.url_for("get_dataset_sample_image", dataset_id=str(dataset.id),
+                               split=split, index="0"))[:-1]
+    items = [
+        SampleRead(index=i, label=int(labels[i]), class_name=classes[int(labels[i])],
+                   image_url=f"{base}{i}")
+        for i in chosen
+    ]
+    return SamplePage(split=split, label=label, items=items, total=total, page=page,
+                      per_page=per_page)
+
+
+def _reader(folder: Path, split: str) -> dataset_store.SplitReader:
+    if split not in dataset_store.splits_present(folder):
+        raise NotFound(f"this dataset has no {split} split", code="split_not_found")
+    return dataset_store.open_split(folder, split)
+
+
+@router.get(
+    "/{dataset_id}/samples/{split}/{index}",
+    operation_id="get_dataset_sample_image",
+    name="get_dataset_sample_image",
+    summary="One stored image as PNG",
+    response_class=Response,
+    responses={**PNG, 404: {"model": Problem}, 409: {"model": Problem}},
+)
+def get_sample_image(
+    dataset_id: uuid.UUID, split: Split, index: int, session: SessionDep, settings: SettingsDep
+) -> Response:
+    """The stored (resized) image, exactly as training sees it, as PNG."""
+    folder = _done_dir(session, settings, dataset_id)
+    reader = _reader(folder, split)
+    if not 0 <= index < len(reader):
+        raise NotFound(f"{split} has {len(reader)} images; {index} is out of range",
+                       code="sample_not_found")
+    return Response(dataset_store.to_png_bytes(reader.image(index)), media_type="image/png")
+
+
+__all__ = ["DomainError", "router"]

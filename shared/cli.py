@@ -1,0 +1,172 @@
+"""The `digits` command: run the service (`up`, `api`, `worker`) and manage its database."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from shared.logging import configure_logging
+from shared.settings import get_settings
+
+log = logging.getLogger("digits.cli")
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from shared import migrate
+
+    settings = get_settings()
+    if args.action == "upgrade":
+        migrate.upgrade(settings, args.revision or "head")
+    elif args.action == "downgrade":
+        migrate.downgrade(settings, args.revision or "-1")
+    print(f"database at {args.revision or ('head' if args.action == 'upgrade' else '-1')}")
+    return 0
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "api.main:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    from shared.queue import create_celery, worker_queue
+    from worker import context
+
+    name = args.name or f"cpu-{os.getpid()}@{socket.gethostname()}"
+    queues = [q for q in (args.queues or "cpu").split(",") if q]
+    queues.append(worker_queue(name.split("@")[0]))
+    context.init(settings, name)
+    app = create_celery(settings, include=["worker.tasks"])
+    argv = [
+        "worker",
+        "--queues", ",".join(queues),
+        "--hostname", name,
+        "--pool", "solo",
+        "--concurrency", "1",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel", settings.log_level,
+    ]
+    log.info("worker %s consuming %s", name, ",".join(queues))
+    app.worker_main(argv)
+    return 0
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    """Migrate, then run the API and the workers until Ctrl-C."""
+    from shared import migrate
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    host, port = args.host or settings.host, args.port or settings.port
+    if not _port_free(host, port):
+        print(f"error: {host}:{port} is in use; set DIGITS_PORT or stop what uses it",
+              file=sys.stderr)
+        return 2
+    migrate.upgrade(settings)
+    env = {**os.environ, "DIGITS_DATA_DIR": str(settings.resolved_data_dir)}
+    me = [sys.executable, "-m", "shared.cli"]
+    procs: list[subprocess.Popen[bytes]] = [
+        subprocess.Popen([*me, "api", "--host", host, "--port", str(port)], env=env),
+        subprocess.Popen([*me, "worker", "--queues", "cpu", "--name",
+                          f"cpu@{socket.gethostname()}"], env=env),
+    ]
+    url = f"http://{host}:{port}"
+    print(f"digits is starting at {url}  (API docs: {url}/docs; Ctrl-C stops everything)",
+          flush=True)
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    try:
+        while not stopping:
+            for proc in procs:
+                if proc.poll() is not None:
+                    print(f"error: a service exited with {proc.returncode}; stopping",
+                          file=sys.stderr)
+                    stopping, code = True, 1
+            time.sleep(0.2)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 20
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    print("digits stopped", flush=True)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `digits` command."""
+    parser = argparse.ArgumentParser(prog="digits", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the API and workers on this machine (the embedded default)")
+    up.add_argument("--host", help="listen address (default DIGITS_HOST or 127.0.0.1)")
+    up.add_argument("--port", type=int, help="listen port (default DIGITS_PORT or 8000)")
+    up.set_defaults(func=_cmd_up)
+
+    api = sub.add_parser("api", help="run the API server only")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.set_defaults(func=_cmd_api)
+
+    worker = sub.add_parser("worker", help="run a Celery worker")
+    worker.add_argument("--queues", default="cpu", help="comma-separated queues (default cpu)")
+    worker.add_argument("--name", help="worker name, unique in the fleet (default cpu-PID@host)")
+    worker.set_defaults(func=_cmd_worker)
+
+    db = sub.add_parser("db", help="manage the database schema")
+    db.add_argument("action", choices=["upgrade", "downgrade"])
+    db.add_argument("revision", nargs="?", help="target revision (default head / -1)")
+    db.set_defaults(func=_cmd_db)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `digits` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The dataset table: an imported, training-ready image set."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared.db import Base, utcnow
+from shared.models.enums import Status
+
+
+class Dataset(Base):
+    """An image classification dataset; its import runs as queued work with DIGITS's states."""
+
+    __tablename__ = "dataset"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    group_name: Mapped[str | None] = mapped_column(String(200), default=None)
+    status: Mapped[str] = mapped_column(String(16), default=Status.INITIALIZED, index=True)
+    status_history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    source: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    classes: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    counts: Mapped[dict[str, list[int]] | None] = mapped_column(JSON, default=None)
+    image_width: Mapped[int] = mapped_column(Integer)
+    image_height: Mapped[int] = mapped_column(Integer)
+    image_channels: Mapped[int] = mapped_column(Integer)
+    encoding: Mapped[str | None] = mapped_column(String(8), default=None)
+    num_images: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    skipped_samples: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    dropped_classes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    import_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    images_per_second: Mapped[float | None] = mapped_column(Float, default=None)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

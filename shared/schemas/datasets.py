@@ -1,0 +1,134 @@
+"""Dataset requests and responses."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.models.enums import ResizeMode
+from shared.schemas.common import StatusChange
+
+Split = Literal["train", "val", "test"]
+
+
+class DatasetOptions(BaseModel):
+    """Import options, with DIGITS's defaults and meanings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, examples=["digits-28"])
+    group: str | None = Field(default=None, max_length=200)
+    image_width: int = Field(default=256, ge=1, le=4096, description="Resize width in pixels")
+    image_height: int = Field(default=256, ge=1, le=4096, description="Resize height in pixels")
+    channels: int = Field(
+        default=3, description="1 = grayscale, 3 = RGB", json_schema_extra={"enum": [1, 3]}
+    )
+    resize_mode: ResizeMode = Field(
+        default=ResizeMode.SQUASH,
+        description="squash: ignore aspect ratio; crop: scale the short side, centre-crop; "
+        "fill: scale the long side, pad with noise; half_crop: half of each",
+    )
+    val_pct: float = Field(default=25.0, ge=0, le=100, description="% of each class for val")
+    test_pct: float = Field(default=0.0, ge=0, le=100, description="% of each class for test")
+    min_per_class: int = Field(default=2, ge=1, description="Classes with fewer are dropped")
+    max_per_class: int | None = Field(default=None, ge=1, description="Cap per class")
+    encoding: Literal["auto", "raw", "png", "jpg"] = Field(
+        default="auto",
+        description="Storage: raw uint8 arrays, or PNG/JPEG-encoded; auto = raw up to 128x128x3",
+    )
+    shuffle: bool = Field(default=True, description="Shuffle text-file lists")
+    seed: int | None = Field(default=None, ge=0, description="Split seed; random when omitted")
+    train_path: str | None = Field(
+        default=None, description="Server folder (under an allowed import root) with class folders"
+    )
+    val_path: str | None = Field(default=None, description="Server folder for a separate val set")
+    test_path: str | None = Field(default=None, description="Server folder for a separate test set")
+    image_root: str | None = Field(
+        default=None, description="Server folder that relative paths of list files refer to"
+    )
+
+    @field_validator("channels")
+    @classmethod
+    def _check_channels(cls, value: int) -> int:
+        if value not in (1, 3):
+            raise ValueError("channels must be 1 (grayscale) or 3 (RGB)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_split(self) -> DatasetOptions:
+        if self.val_pct + self.test_pct >= 100:
+            raise ValueError("val_pct + test_pct must be below 100 so training keeps images")
+        if self.max_per_class is not None and self.max_per_class < self.min_per_class:
+            raise ValueError("max_per_class must be at least min_per_class")
+        return self
+
+
+class SplitSummary(BaseModel):
+    """Images per class of one split."""
+
+    images: int
+    per_class: dict[str, int]
+
+
+class SkippedFile(BaseModel):
+    """A file the import could not use."""
+
+    path: str
+    reason: str
+
+
+class DatasetRead(BaseModel):
+    """A dataset and, once imported, what it holds."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    group: str | None
+    status: str = Field(examples=["done"])
+    status_history: list[StatusChange]
+    error: str | None = Field(description="Why the import failed, for a person")
+    progress: float = Field(ge=0, le=1)
+    options: dict[str, object]
+    source: dict[str, object]
+    method: Literal["folder", "textfile"]
+    image_width: int
+    image_height: int
+    image_channels: int
+    resize_mode: str
+    encoding: str | None
+    classes: list[str] | None
+    splits: dict[str, SplitSummary] | None
+    num_images: int
+    skipped: int
+    skipped_samples: list[SkippedFile]
+    dropped_classes: list[str]
+    size_bytes: int
+    import_seconds: float | None
+    images_per_second: float | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class SampleRead(BaseModel):
+    """One stored image of a split."""
+
+    index: int
+    label: int
+    class_name: str
+    image_url: str
+
+
+class SamplePage(BaseModel):
+    """A page of samples (DIGITS's explore view)."""
+
+    split: str
+    label: int | None
+    items: list[SampleRead]
+    total: int
+    page: int
+    per_page: int

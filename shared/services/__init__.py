@@ -1,0 +1,1 @@
+"""Business rules. Services flush; the request or task boundary commits."""

@@ -1,0 +1,74 @@
+"""Service settings: every knob is a DIGITS_* environment variable; nothing is read at import time."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All configuration, read from DIGITS_* environment variables (and an optional .env file)."""
+
+    model_config = SettingsConfigDict(env_prefix="DIGITS_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default=Path("data"), description="Datasets, jobs, broker files, uploads")
+    database_url: str = Field(default="", description="Empty: SQLite file under data_dir")
+    broker_url: str = Field(default="", description="Empty: kombu filesystem broker under data_dir")
+    broker_prefix: str = Field(default="", description="Redis key prefix (one per deployment)")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    import_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Server folders that POST /datasets may import from (allow-list)",
+    )
+    max_upload_bytes: int = 4 * 1024**3
+    max_image_pixels: int = 89_478_485
+    archive_max_members: int = 200_000
+    archive_max_total_bytes: int = 20 * 1024**3
+    import_workers: int = 0
+    log_level: str = "INFO"
+    # Celery's Redis transport redelivers an unacknowledged task after this many seconds;
+    # it must exceed the longest job (the claim on the job row makes a redelivery harmless).
+    visibility_timeout: int = 7 * 24 * 3600
+
+    @field_validator("import_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p for p in value.replace(",", ":").split(":") if p]
+        return value
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        """The data directory as an absolute path."""
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data directory."""
+        if self.database_url:
+            url = self.database_url
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url[len("postgresql://") :]
+            return url
+        return f"sqlite:///{self.resolved_data_dir / 'digits.db'}"
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        """True when the broker is the filesystem transport (the embedded default)."""
+        return not self.broker_url or self.broker_url.startswith("filesystem")
+
+    @property
+    def broker_dir(self) -> Path:
+        """Folder of the filesystem broker."""
+        return self.resolved_data_dir / "broker"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, built on first use."""
+    return Settings()

@@ -1,0 +1,169 @@
+"""Helpers for tests that run the real service: API and worker subprocesses, datasets on disk."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    """An API server and workers running as subprocesses against one configuration."""
+
+    env: dict[str, str]
+    logs: Path
+    port: int = field(default_factory=free_port)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "shared.cli", *args],
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def start_api(self) -> None:
+        self._spawn("api", "api", "--host", "127.0.0.1", "--port", str(self.port))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/api/v1/health", timeout=2).status_code in (200, 503):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("API did not start:\n" + self.log("api"))
+
+    def start_worker(self, name: str, queues: str = "cpu") -> subprocess.Popen[bytes]:
+        proc = self._spawn(f"worker-{name}", "worker", "--queues", queues, "--name", name)
+        deadline = time.monotonic() + 60
+        marker = b"ready."
+        while time.monotonic() < deadline:
+            if marker in (self.logs / f"worker-{name}.log").read_bytes():
+                return proc
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError("worker did not start:\n" + self.log(f"worker-{name}"))
+
+    def log(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace")[-6000:] if path.exists() else ""
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url + "/api/v1", timeout=60)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+
+def wait_for(
+    client: httpx.Client, path: str, *, until: Iterable[str] = ("done", "error", "aborted"),
+    timeout: float = 120,
+) -> dict[str, Any]:
+    """Poll a resource until its status is one of `until`."""
+    final = set(until)
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        resp = client.get(path)
+        resp.raise_for_status()
+        body = resp.json()
+        if body["status"] in final:
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"{path} still {body.get('status')} after {timeout}s: {body}")
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 8x8 digits as uint8 images (0..255) and their labels."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = np.clip(np.round(data.images * 255.0 / 16.0), 0, 255).astype(np.uint8)
+    return images, data.target.astype(np.int64)
+
+
+def write_class_folders(root: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """Write images as PNG files in one folder per class (DIGITS's folder method)."""
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        folder = root / str(int(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"{i:05d}.png")
+    return root
+
+
+def zip_folder(folder: Path, target: Path, *, prefix: str = "") -> Path:
+    """Zip a folder's files, names relative to it (optionally under a wrapping prefix)."""
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, prefix + str(path.relative_to(folder)))
+    return target
+
+
+def tar_folder(folder: Path, target: Path, *, gz: bool = True) -> Path:
+    with tarfile.open(target, "w:gz" if gz else "w") as tf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                tf.add(path, str(path.relative_to(folder)))
+    return target
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def post_dataset(
+    client: httpx.Client,
+    options: dict[str, Any],
+    files: dict[str, tuple[str, bytes]] | None = None,
+) -> httpx.Response:
+    """POST /datasets as multipart: options as form fields, files as uploads."""
+    data = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items()}
+    return client.post("/datasets", data=data, files=files)

@@ -1,0 +1,131 @@
+"""Runs one dataset import: resolve the sources, import, and publish the result atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from shared import archives, storage
+from shared.settings import Settings
+from worker.datasets.importer import ImportOptions, ImportResult, Source, import_dataset
+
+log = logging.getLogger("digits.worker.import")
+
+WORK_DIR = ".import"
+
+
+def run_import(
+    settings: Settings,
+    dataset_id: uuid.UUID,
+    options: dict[str, Any],
+    source: dict[str, Any],
+    *,
+    progress: Callable[[float], None] | None = None,
+    should_abort: Callable[[], bool] | None = None,
+) -> ImportResult:
+    """Import a dataset into its folder; on any failure nothing of it is left but the folder."""
+    root = storage.dataset_dir(settings, dataset_id)
+    work = root / WORK_DIR
+    storage.remove_tree(work)
+    work.mkdir(parents=True)
+    limits = archives.ArchiveLimits(
+        max_members=settings.archive_max_members,
+        max_total_bytes=settings.archive_max_total_bytes,
+    )
+    try:
+        train, val, test = _sources(root, work, source, limits)
+        opts = ImportOptions(
+            width=options["image_width"],
+            height=options["image_height"],
+            channels=options["channels"],
+            resize_mode=options["resize_mode"],
+            val_pct=options["val_pct"],
+            test_pct=options["test_pct"],
+            min_per_class=options["min_per_class"],
+            max_per_class=options.get("max_per_class"),
+            encoding=options["encoding"],
+            seed=options.get("seed") or 0,
+            shuffle=options.get("shuffle", True),
+            max_image_pixels=settings.max_image_pixels,
+            workers=settings.import_workers,
+        )
+        out = work / "out"
+        result = import_dataset(
+            train, opts, out, val=val, test=test, progress=progress, should_abort=should_abort
+        )
+        for item in out.iterdir():
+            os.replace(item, root / item.name)
+    except BaseException:
+        _clear_outputs(root)
+        raise
+    finally:
+        storage.remove_tree(work)
+        storage.remove_tree(root / "uploads")
+    result.size_bytes = storage.tree_size(root)
+    return result
+
+
+def _clear_outputs(root: Path) -> None:
+    """Remove whatever an import may have published, leaving the folder empty."""
+    if root.is_dir():
+        for item in root.iterdir():
+            if item.name not in ("uploads", WORK_DIR):
+                if item.is_dir():
+                    shutil.rmtree(item, ignore_errors=True)
+                else:
+                    item.unlink(missing_ok=True)
+
+
+def _sources(
+    root: Path, work: Path, source: dict[str, Any], limits: archives.ArchiveLimits
+) -> tuple[Source, Source | None, Source | None]:
+    """Turn the stored source description into local folders and list files."""
+    method = source.get("method", "folder")
+
+    def folder(item: dict[str, Any], name: str) -> Path:
+        if item["kind"] == "archive":
+            dest = work / "src" / name
+            dest.mkdir(parents=True)
+            started = time.perf_counter()
+            info = archives.extract_archive(root / item["file"], dest, limits)
+            log.info(
+                "extracted %s archive: %d files in %.2fs",
+                name,
+                info.members,
+                time.perf_counter() - started,
+            )
+            return dest
+        return Path(item["path"])
+
+    if method == "folder":
+        train = Source(kind="folder", root=folder(source["train"], "train"))
+        val = (
+            Source(kind="folder", root=folder(source["val"], "val")) if source.get("val") else None
+        )
+        test = (
+            Source(kind="folder", root=folder(source["test"], "test"))
+            if source.get("test")
+            else None
+        )
+        return train, val, test
+
+    images = folder(source["images"], "images")
+    labels_file = root / source["labels"]
+
+    def listed(split: str) -> Source | None:
+        item = source.get(split)
+        if not item:
+            return None
+        return Source(
+            kind="textfile", root=images, list_file=root / item["file"], labels_file=labels_file
+        )
+
+    train = listed("train")
+    assert train is not None
+    return train, listed("val"), listed("test")
