@@ -1,0 +1,99 @@
+"""The embedded default: SQLite and the kombu filesystem broker, started by `digits up`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.support import (
+    ROOT,
+    digits_arrays,
+    free_port,
+    post_dataset,
+    wait_for,
+    write_class_folders,
+    zip_folder,
+)
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """`digits up` on a free port with an empty data directory and no other configuration."""
+    data = tmp_path_factory.mktemp("embedded")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITS_")}
+    env.update({"DIGITS_DATA_DIR": str(data), "DIGITS_PORT": str(port)})
+    log = open(data / "up.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up"], env=env, cwd=ROOT, stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, (data / "up.log").read_text()
+        time.sleep(0.3)
+    else:
+        raise AssertionError((data / "up.log").read_text())
+    # the worker is ready when its Celery banner says so
+    while time.monotonic() < deadline and b"ready." not in (data / "up.log").read_bytes():
+        time.sleep(0.3)
+    yield proc, url, data
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    log.close()
+
+
+def test_up_serves_health_and_docs_on_sqlite_and_the_filesystem_broker(up) -> None:  # type: ignore[no-untyped-def]
+    _proc, url, data = up
+    health = httpx.get(url + "/api/v1/health").json()
+    assert health["status"] == "ok"
+    assert health["database"]["detail"] == "sqlite"
+    assert "filesystem" in health["broker"]["detail"].lower()
+    assert httpx.get(url + "/docs").status_code == 200
+    assert (data / "digits.db").is_file()
+
+
+def test_digits_import_on_the_embedded_default(up, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _proc, url, _data = up
+    images, labels = digits_arrays()
+    folder = write_class_folders(tmp_path / "digits", images, labels)
+    archive = zip_folder(folder, tmp_path / "digits.zip", prefix="digits/")
+    with httpx.Client(base_url=url + "/api/v1", timeout=60) as client:
+        resp = post_dataset(
+            client,
+            {"name": "digits", "image_width": 28, "image_height": 28, "channels": 1},
+            {"archive": ("digits.zip", archive.read_bytes(), "application/zip")},
+        )
+        assert resp.status_code == 202, resp.text
+        ds = wait_for(client, f"/datasets/{resp.json()['id']}")
+    assert ds["status"] == "done", ds["error"]
+    assert len(ds["classes"]) == 10
+    assert ds["num_images"] == 1797
+    assert ds["splits"]["val"]["images"] == pytest.approx(1797 * 0.25, abs=5)
+
+
+def test_ctrl_c_stops_everything_up_started(up) -> None:  # type: ignore[no-untyped-def]
+    proc, url, _data = up
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) >= 2
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"still running: {alive}"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url + "/api/v1/health", timeout=2)
