@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware
-from api.routers import datasets, health
+from api.routers import catalog, datasets, health, jobs
 from shared.db import make_engine, make_session_factory
 from shared.logging import configure_logging
 from shared.queue import create_celery
@@ -62,4 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
     app.include_router(health.router, prefix=API_PREFIX)
     app.include_router(datasets.router, prefix=API_PREFIX)
+    app.include_router(jobs.router, prefix=API_PREFIX)
+    app.include_router(catalog.router, prefix=API_PREFIX)
     return app

@@ -37,7 +37,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         # No declared length: buffer (to disk past 1 MiB) up to the limit, then replay.
-        spool = tempfile.SpooledTemporaryFile(max_size=1024 * 1024)
+        spool = tempfile.SpooledTemporaryFile(max_size=1024 * 1024)  # noqa: SIM115
         try:
             total = 0
             while True:

@@ -51,20 +51,36 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from shared.queue import create_celery, worker_queue
     from worker import context
 
-    name = args.name or f"cpu-{os.getpid()}@{socket.gethostname()}"
-    queues = [q for q in (args.queues or "cpu").split(",") if q]
-    queues.append(worker_queue(name.split("@")[0]))
-    context.init(settings, name)
+    device: str | None = None
+    host = socket.gethostname()
+    if args.gpu is not None:
+        # pinned before anything imports torch: the training child inherits it
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+        default_name, default_queues, device = f"gpu{args.gpu}@{host}", "train", "cuda"
+    elif args.cpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        default_name, default_queues, device = f"cpu-train@{host}", "train", "cpu"
+    else:
+        default_name, default_queues = f"cpu-{os.getpid()}@{host}", "cpu"
+    name = args.name or default_name
+    queues = [q for q in (args.queues or default_queues).split(",") if q]
+    queues.append(worker_queue(name))
+    context.init(settings, name, device)
     app = create_celery(settings, include=["worker.tasks"])
     argv = [
         "worker",
-        "--queues", ",".join(queues),
-        "--hostname", name,
-        "--pool", "solo",
-        "--concurrency", "1",
+        "--queues",
+        ",".join(queues),
+        "--hostname",
+        name,
+        "--pool",
+        "solo",
+        "--concurrency",
+        "1",
         "--without-gossip",
         "--without-mingle",
-        "--loglevel", settings.log_level,
+        "--loglevel",
+        settings.log_level,
     ]
     log.info("worker %s consuming %s", name, ",".join(queues))
     app.worker_main(argv)
@@ -89,20 +105,30 @@ def _cmd_up(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     host, port = args.host or settings.host, args.port or settings.port
     if not _port_free(host, port):
-        print(f"error: {host}:{port} is in use; set DIGITS_PORT or stop what uses it",
-              file=sys.stderr)
+        print(
+            f"error: {host}:{port} is in use; set DIGITS_PORT or stop what uses it", file=sys.stderr
+        )
         return 2
     migrate.upgrade(settings)
     env = {**os.environ, "DIGITS_DATA_DIR": str(settings.resolved_data_dir)}
     me = [sys.executable, "-m", "shared.cli"]
     procs: list[subprocess.Popen[bytes]] = [
         subprocess.Popen([*me, "api", "--host", host, "--port", str(port)], env=env),
-        subprocess.Popen([*me, "worker", "--queues", "cpu", "--name",
-                          f"cpu@{socket.gethostname()}"], env=env),
+        subprocess.Popen(
+            [*me, "worker", "--queues", "cpu", "--name", f"cpu@{socket.gethostname()}"], env=env
+        ),
     ]
+    from shared.gpus import detect_gpus
+
+    gpus = detect_gpus()
+    for gpu in gpus:
+        procs.append(subprocess.Popen([*me, "worker", "--gpu", str(gpu.index)], env=env))
+    if not gpus:
+        procs.append(subprocess.Popen([*me, "worker", "--cpu"], env=env))
     url = f"http://{host}:{port}"
-    print(f"digits is starting at {url}  (API docs: {url}/docs; Ctrl-C stops everything)",
-          flush=True)
+    print(
+        f"digits is starting at {url}  (API docs: {url}/docs; Ctrl-C stops everything)", flush=True
+    )
     stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
@@ -116,8 +142,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
         while not stopping:
             for proc in procs:
                 if proc.poll() is not None:
-                    print(f"error: a service exited with {proc.returncode}; stopping",
-                          file=sys.stderr)
+                    print(
+                        f"error: a service exited with {proc.returncode}; stopping", file=sys.stderr
+                    )
                     stopping, code = True, 1
             time.sleep(0.2)
     finally:
@@ -151,7 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=_cmd_api)
 
     worker = sub.add_parser("worker", help="run a Celery worker")
-    worker.add_argument("--queues", default="cpu", help="comma-separated queues (default cpu)")
+    pin = worker.add_mutually_exclusive_group()
+    pin.add_argument("--gpu", help="train on this GPU (pins CUDA_VISIBLE_DEVICES); queue: train")
+    pin.add_argument("--cpu", action="store_true", help="train on the CPU; queue: train")
+    worker.add_argument(
+        "--queues",
+        help="comma-separated queues (default: cpu, or train with "
+        "--gpu/--cpu); the worker also consumes its own queue",
+    )
     worker.add_argument("--name", help="worker name, unique in the fleet (default cpu-PID@host)")
     worker.set_defaults(func=_cmd_worker)
 

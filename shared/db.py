@@ -38,7 +38,9 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
     url = settings.sqlalchemy_url
     if url.startswith("sqlite"):
         settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

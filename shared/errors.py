@@ -1,4 +1,4 @@
-"""Domain errors: each carries its HTTP status and a stable code; the API renders them as RFC 9457."""
+"""Domain errors: each carries its HTTP status and a stable code (rendered as RFC 9457)."""
 
 from __future__ import annotations
 

@@ -87,3 +87,9 @@ def create_celery(settings: Settings, *, include: list[str] | None = None) -> Ce
 def send_import(app: Celery, dataset_id: uuid.UUID) -> None:
     """Ask a cpu worker to import a dataset (the task carries only the id)."""
     app.send_task(IMPORT_DATASET, args=[str(dataset_id)], queue=CPU_QUEUE, routing_key=CPU_QUEUE)
+
+
+def send_train(app: Celery, job_id: uuid.UUID, worker: str | None = None) -> None:
+    """Queue training: the shared `train` queue, or one worker's own queue when it asks for one."""
+    target = worker_queue(worker) if worker else TRAIN_QUEUE
+    app.send_task(TRAIN, args=[str(job_id)], queue=target, routing_key=target)

@@ -1,4 +1,4 @@
-"""Service settings: every knob is a DIGITS_* environment variable; nothing is read at import time."""
+"""Service settings: every knob is a DIGITS_* environment variable, read when asked for."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DIGITS_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Field(default=Path("data"), description="Datasets, jobs, broker files, uploads")
+    data_dir: Path = Field(
+        default=Path("data"), description="Datasets, jobs, broker files, uploads"
+    )
     database_url: str = Field(default="", description="Empty: SQLite file under data_dir")
     broker_url: str = Field(default="", description="Empty: kombu filesystem broker under data_dir")
     broker_prefix: str = Field(default="", description="Redis key prefix (one per deployment)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -68,8 +69,11 @@ def tree_size(path: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
         for name in files:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
     return total
+
+
+def job_dir(settings: Settings, job_id: uuid.UUID) -> Path:
+    """The folder of one job: its log and checkpoints."""
+    return settings.resolved_data_dir / "jobs" / str(job_id)

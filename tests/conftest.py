@@ -88,7 +88,8 @@ def pg_stack(pg_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
     stack = Stack(env=pg_env, logs=tmp_path_factory.mktemp("logs-pg"))
     try:
         stack.start_api()
-        stack.start_worker("cpu-test-1", "cpu")
+        stack.start_worker("cpu-test-1", "--queues", "cpu")
+        stack.start_worker("train-test-1", "--cpu")
         yield stack
     finally:
         stack.stop()
@@ -97,3 +98,36 @@ def pg_stack(pg_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="session")
 def imports_root(pg_env: dict[str, str]) -> Path:
     return Path(pg_env["DIGITS_IMPORT_ROOTS"])
+
+
+@pytest.fixture(scope="session")
+def digits_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-learn's digits as PNG class folders, zipped."""
+    from tests.support import digits_arrays, write_class_folders, zip_folder
+
+    images, labels = digits_arrays()
+    folder = write_class_folders(tmp_path_factory.mktemp("digits") / "digits", images, labels)
+    return zip_folder(folder, tmp_path_factory.mktemp("zips") / "digits.zip")
+
+
+@pytest.fixture(scope="session")
+def digits_dataset(pg_stack: Stack, digits_zip: Path) -> dict:
+    """The digits imported at 28x28 grayscale with a 25% validation split."""
+    from tests.support import post_dataset, wait_for
+
+    with pg_stack.client() as client:
+        resp = post_dataset(
+            client,
+            {
+                "name": "digits",
+                "image_width": 28,
+                "image_height": 28,
+                "channels": 1,
+                "val_pct": 25,
+                "seed": 1,
+            },
+            {"archive": ("digits.zip", digits_zip.read_bytes(), "application/zip")},
+        )
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["status"] == "waiting"
+        return wait_for(client, f"/datasets/{resp.json()['id']}")

@@ -68,8 +68,11 @@ class Stack:
             time.sleep(0.2)
         raise RuntimeError("API did not start:\n" + self.log("api"))
 
-    def start_worker(self, name: str, queues: str = "cpu") -> subprocess.Popen[bytes]:
-        proc = self._spawn(f"worker-{name}", "worker", "--queues", queues, "--name", name)
+    def start_worker(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        """A worker subprocess: `--queues cpu` for dataset work, `--cpu` to train."""
+        proc = self._spawn(
+            f"worker-{name}", "worker", "--name", name, *(args or ("--queues", "cpu"))
+        )
         deadline = time.monotonic() + 60
         marker = b"ready."
         while time.monotonic() < deadline:
@@ -101,7 +104,10 @@ class Stack:
 
 
 def wait_for(
-    client: httpx.Client, path: str, *, until: Iterable[str] = ("done", "error", "aborted"),
+    client: httpx.Client,
+    path: str,
+    *,
+    until: Iterable[str] = ("done", "error", "aborted"),
     timeout: float = 120,
 ) -> dict[str, Any]:
     """Poll a resource until its status is one of `until`."""

@@ -1,4 +1,4 @@
-"""docker-compose.yml: the deployment keeps its database and broker private and its users unprivileged."""
+"""docker-compose.yml keeps its database and broker private and its users unprivileged."""
 
 from __future__ import annotations
 

@@ -33,7 +33,10 @@ def up(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def
     env.update({"DIGITS_DATA_DIR": str(data), "DIGITS_PORT": str(port)})
     log = open(data / "up.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up"], env=env, cwd=ROOT, stdout=log,
+        [sys.executable, "-m", "shared.cli", "up"],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
@@ -93,7 +96,7 @@ def test_ctrl_c_stops_everything_up_started(up) -> None:  # type: ignore[no-unty
     assert len(children) >= 2
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    _gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"still running: {alive}"
     with pytest.raises(httpx.HTTPError):
         httpx.get(url + "/api/v1/health", timeout=2)

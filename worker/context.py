@@ -17,19 +17,22 @@ class WorkerContext:
     settings: Settings
     sessions: sessionmaker[Session]
     name: str
+    device: str | None = None  # "cpu", "cuda", or None (cuda when the child finds one)
 
 
 _context: WorkerContext | None = None
 
 
-def init(settings: Settings, name: str) -> WorkerContext:
+def init(settings: Settings, name: str, device: str | None = None) -> WorkerContext:
     """Build the context once, when the worker starts."""
     global _context
     if settings.sqlalchemy_url.startswith("sqlite"):
         engine = make_engine(settings)
     else:
         engine = make_engine(settings, pool_size=2, max_overflow=2)
-    _context = WorkerContext(settings=settings, sessions=make_session_factory(engine), name=name)
+    _context = WorkerContext(
+        settings=settings, sessions=make_session_factory(engine), name=name, device=device
+    )
     return _context
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from shared.archives import UnsafeArchive
 from shared.db import session_scope
 from shared.models import Dataset, Status
-from shared.queue import IMPORT_DATASET
+from shared.queue import IMPORT_DATASET, TRAIN
 from shared.services.states import claim, finish
 from worker import context
 from worker.datasets.importer import DatasetImportError, ImportAborted
@@ -103,7 +103,11 @@ def import_dataset(dataset_id: str) -> None:
         return
     log.info(
         "dataset=%s import done images=%d skipped=%d seconds=%.2f ips=%.0f",
-        ds_id, result.num_images, result.skipped, result.seconds, result.images_per_second,
+        ds_id,
+        result.num_images,
+        result.skipped,
+        result.seconds,
+        result.images_per_second,
     )
 
 
@@ -111,3 +115,11 @@ def _fail(ds_id: uuid.UUID, reason: str) -> None:
     ctx = context.get()
     with session_scope(ctx.sessions) as session:
         finish(session, Dataset, ds_id, Status.ERROR, reason=reason[:2000])
+
+
+@shared_task(name=TRAIN, ignore_result=True)
+def train(job_id: str) -> None:
+    """Train one job in a fresh child process; a duplicate delivery trains nothing."""
+    from worker.runner import run_job
+
+    run_job(uuid.UUID(job_id))

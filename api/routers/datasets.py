@@ -26,7 +26,9 @@ log = logging.getLogger("digits.api.datasets")
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
-PNG = {200: {"content": {"image/png": {}}, "description": "A PNG image"}}
+PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "A PNG image"}
+}
 
 
 class _Upload:
@@ -120,8 +122,15 @@ class DatasetCreateForm(DatasetOptions):
     )
 
 
-_FILE_FIELDS = ("archive", "val_archive", "test_archive", "train_list", "val_list", "test_list",
-                "labels")
+_FILE_FIELDS = (
+    "archive",
+    "val_archive",
+    "test_archive",
+    "train_list",
+    "val_list",
+    "test_list",
+    "labels",
+)
 
 
 @router.post(
@@ -130,8 +139,12 @@ _FILE_FIELDS = ("archive", "val_archive", "test_archive", "train_list", "val_lis
     operation_id="create_dataset",
     summary="Import a labelled image dataset",
     response_model=DatasetRead,
-    responses={**PROBLEM_RESPONSES, 403: {"model": Problem}, 413: {"model": Problem},
-               503: {"model": Problem}},
+    responses={
+        **PROBLEM_RESPONSES,
+        403: {"model": Problem},
+        413: {"model": Problem},
+        503: {"model": Problem},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -155,8 +168,16 @@ def create_dataset(
     upload = _Upload(settings, dataset_id)
     try:
         source = _collect_sources(
-            upload, settings, opts, form.archive, form.val_archive, form.test_archive,
-            form.train_list, form.val_list, form.test_list, form.labels,
+            upload,
+            settings,
+            opts,
+            form.archive,
+            form.val_archive,
+            form.test_archive,
+            form.train_list,
+            form.val_list,
+            form.test_list,
+            form.labels,
         )
         dataset = service.create_dataset(session, dataset_id, opts, source)
         session.commit()
@@ -173,8 +194,7 @@ def create_dataset(
         raise ServiceUnavailable(
             "the job queue is unavailable; submit again shortly", code="broker_unavailable"
         ) from exc
-    log.info("dataset=%s queued name=%r method=%s", dataset.id, dataset.name,
-             source["method"])
+    log.info("dataset=%s queued name=%r method=%s", dataset.id, dataset.name, source["method"])
     return service.to_read(dataset)
 
 
@@ -238,8 +258,10 @@ def _collect_sources(
     if archive is not None:
         images: dict[str, Any] = _save_archive(upload, settings, archive, "images")
     elif opts.image_root:
-        images = {"kind": "path", "path": str(_server_folder(settings, opts.image_root,
-                                                             "image_root"))}
+        images = {
+            "kind": "path",
+            "path": str(_server_folder(settings, opts.image_root, "image_root")),
+        }
     else:
         raise InvalidInput(
             "the textfile method needs the images: an `archive` or `image_root`",
@@ -249,8 +271,11 @@ def _collect_sources(
     source["labels"] = _save_list(upload, labels, "labels.txt")
     for split, file in (("train", train_list), ("val", val_list), ("test", test_list)):
         if file is not None:
-            source[split] = {"kind": "list", "file": _save_list(upload, file, f"{split}.txt"),
-                             "filename": file.filename}
+            source[split] = {
+                "kind": "list",
+                "file": _save_list(upload, file, f"{split}.txt"),
+                "filename": file.filename,
+            }
     return source
 
 
@@ -342,8 +367,9 @@ def list_samples(
     dataset = service.get_ready_dataset(session, dataset_id)
     classes = dataset.classes or []
     if label is not None and label >= len(classes):
-        raise InvalidInput(f"label {label} does not exist (0..{len(classes) - 1})",
-                           code="invalid_label")
+        raise InvalidInput(
+            f"label {label} does not exist (0..{len(classes) - 1})", code="invalid_label"
+        )
     folder = storage.dataset_dir(settings, dataset.id)
     reader = _reader(folder, split)
     labels = reader.labels
@@ -351,15 +377,23 @@ def list_samples(
     total = len(indices)
     start = (page - 1) * per_page
     chosen = [int(i) for i in indices[start : start + per_page]]
-    base = str(request.url_for("get_dataset_sample_image", dataset_id=str(dataset.id),
-                               split=split, index="0"))[:-1]
+    base = str(
+        request.url_for(
+            "get_dataset_sample_image", dataset_id=str(dataset.id), split=split, index="0"
+        )
+    )[:-1]
     items = [
-        SampleRead(index=i, label=int(labels[i]), class_name=classes[int(labels[i])],
-                   image_url=f"{base}{i}")
+        SampleRead(
+            index=i,
+            label=int(labels[i]),
+            class_name=classes[int(labels[i])],
+            image_url=f"{base}{i}",
+        )
         for i in chosen
     ]
-    return SamplePage(split=split, label=label, items=items, total=total, page=page,
-                      per_page=per_page)
+    return SamplePage(
+        split=split, label=label, items=items, total=total, page=page, per_page=per_page
+    )
 
 
 def _reader(folder: Path, split: str) -> dataset_store.SplitReader:
@@ -383,8 +417,9 @@ def get_sample_image(
     folder = _done_dir(session, settings, dataset_id)
     reader = _reader(folder, split)
     if not 0 <= index < len(reader):
-        raise NotFound(f"{split} has {len(reader)} images; {index} is out of range",
-                       code="sample_not_found")
+        raise NotFound(
+            f"{split} has {len(reader)} images; {index} is out of range", code="sample_not_found"
+        )
     return Response(dataset_store.to_png_bytes(reader.image(index)), media_type="image/png")
 
 

@@ -35,8 +35,9 @@ def _check_database(request: Request) -> ComponentHealth:
     try:
         with request.app.state.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-        return ComponentHealth(ok=True, detail=request.app.state.engine.dialect.name,
-                               latency_ms=_ms(start))
+        return ComponentHealth(
+            ok=True, detail=request.app.state.engine.dialect.name, latency_ms=_ms(start)
+        )
     except Exception as exc:
         return ComponentHealth(ok=False, detail=_first_line(exc), latency_ms=_ms(start))
 

@@ -3,5 +3,15 @@
 from shared.models.dataset import Dataset
 from shared.models.enums import JobKind, ResizeMode, Status
 from shared.models.job import Job
+from shared.models.metrics import Checkpoint, JobEvent, MetricPoint
 
-__all__ = ["Dataset", "Job", "JobKind", "ResizeMode", "Status"]
+__all__ = [
+    "Checkpoint",
+    "Dataset",
+    "Job",
+    "JobEvent",
+    "JobKind",
+    "MetricPoint",
+    "ResizeMode",
+    "Status",
+]

@@ -73,7 +73,9 @@ def list_datasets(
 def prepare_delete(session: Session, dataset_id: uuid.UUID) -> Dataset:
     """Refuse while jobs use the dataset (as DIGITS did); abort an import in flight."""
     dataset = get_dataset(session, dataset_id)
-    users = session.scalar(select(func.count()).select_from(Job).where(Job.dataset_id == dataset_id))
+    users = session.scalar(
+        select(func.count()).select_from(Job).where(Job.dataset_id == dataset_id)
+    )
     if users:
         raise Conflict(
             f"cannot delete dataset {dataset_id}: {users} job(s) use it; delete them first",

@@ -33,7 +33,7 @@ class Stateful(Protocol):
 
 
 def transition(obj: Stateful, new: Status, *, reason: str | None = None) -> None:
-    """Move obj to `new`, recording it in the status history; refuse transitions DIGITS never made."""
+    """Move obj to `new`, recording it in the history; refuse moves DIGITS never made."""
     current = Status(obj.status)
     if new not in ALLOWED[current]:
         raise InvalidTransition(f"cannot go from {current.value} to {new.value}")
@@ -71,7 +71,7 @@ def claim(
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return None
-    obj = session.get(model, obj_id, populate_existing=True)
+    obj: Dataset | Job | None = session.get(model, obj_id, populate_existing=True)  # type: ignore[assignment]
     assert obj is not None
     obj.status_history = [
         *(obj.status_history or []),
@@ -90,7 +90,7 @@ def finish(
     reason: str | None = None,
     values: dict[str, Any] | None = None,
 ) -> bool:
-    """Compare-and-set running -> new (done/error/aborted); False when someone else moved it first."""
+    """Compare-and-set running -> done/error/aborted; False when another moved it first."""
     stmt = (
         update(model)
         .where(model.id == obj_id, model.status == Status.RUNNING.value)
@@ -104,11 +104,11 @@ def finish(
     result = session.execute(stmt)
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
-    obj = session.get(model, obj_id, populate_existing=True)
-    assert obj is not None
+    row: Dataset | Job | None = session.get(model, obj_id, populate_existing=True)  # type: ignore[assignment]
+    assert row is not None
     entry: dict[str, Any] = {"status": new.value, "at": utcnow().isoformat()}
     if reason:
         entry["reason"] = reason
-    obj.status_history = [*(obj.status_history or []), entry]
+    row.status_history = [*(row.status_history or []), entry]
     session.flush()
     return True

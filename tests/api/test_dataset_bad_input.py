@@ -25,9 +25,7 @@ def _png(seed: int, size: tuple[int, int] = (16, 16)) -> bytes:
 
 
 def _good_members(classes: int = 3, per_class: int = 4) -> dict[str, bytes]:
-    return {
-        f"c{c}/img{i}.png": _png(c * 100 + i) for c in range(classes) for i in range(per_class)
-    }
+    return {f"c{c}/img{i}.png": _png(c * 100 + i) for c in range(classes) for i in range(per_class)}
 
 
 def _zip(members: dict[str, bytes]) -> bytes:
@@ -65,7 +63,11 @@ def client(pg_stack: Stack):  # type: ignore[no-untyped-def]
 
 
 def _rejected(
-    client: httpx.Client, pg_env: dict[str, str], name: str, data: bytes, code: str,
+    client: httpx.Client,
+    pg_env: dict[str, str],
+    name: str,
+    data: bytes,
+    code: str,
     status: int = 400,
 ) -> dict:
     before = _datasets_on_disk(pg_env)
@@ -198,7 +200,8 @@ def test_chunked_upload_over_the_limit_is_refused(client) -> None:  # type: igno
 
     try:
         resp = client.post(
-            "/datasets", content=body(),
+            "/datasets",
+            content=body(),
             headers={"Content-Type": "multipart/form-data; boundary=b"},
         )
     except httpx.HTTPError:
@@ -214,7 +217,8 @@ def test_import_path_outside_the_allowed_roots_is_forbidden(client, tmp_path: Pa
 
 
 def test_import_path_escaping_a_root_through_dotdot_is_forbidden(
-    client, imports_root: Path  # type: ignore[no-untyped-def]
+    client,
+    imports_root: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     resp = post_dataset(client, {**OPTS, "train_path": str(imports_root / ".." / "..")})
     assert resp.status_code == 403

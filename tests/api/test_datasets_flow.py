@@ -10,36 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import (
-    Stack,
-    digits_arrays,
-    post_dataset,
-    wait_for,
-    write_class_folders,
-    zip_folder,
-)
-
-
-@pytest.fixture(scope="module")
-def digits_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    images, labels = digits_arrays()
-    folder = write_class_folders(tmp_path_factory.mktemp("digits") / "digits", images, labels)
-    return zip_folder(folder, tmp_path_factory.mktemp("zips") / "digits.zip")
-
-
-@pytest.fixture(scope="module")
-def digits_dataset(pg_stack: Stack, digits_zip: Path) -> dict:
-    with pg_stack.client() as client:
-        resp = post_dataset(
-            client,
-            {"name": "digits", "image_width": 28, "image_height": 28, "channels": 1,
-             "val_pct": 25, "seed": 1},
-            {"archive": ("digits.zip", digits_zip.read_bytes(), "application/zip")},
-        )
-        assert resp.status_code == 202, resp.text
-        created = resp.json()
-        assert created["status"] == "waiting"
-        return wait_for(client, f"/datasets/{created['id']}")
+from tests.support import Stack, digits_arrays, post_dataset, wait_for
 
 
 def test_digits_archive_imports_with_ten_classes_and_a_quarter_for_validation(
@@ -63,7 +34,10 @@ def test_digits_archive_imports_with_ten_classes_and_a_quarter_for_validation(
     assert ds["size_bytes"] > 1797 * 28 * 28
     assert ds["images_per_second"] > 0
     assert [h["status"] for h in ds["status_history"]] == [
-        "initialized", "waiting", "running", "done"
+        "initialized",
+        "waiting",
+        "running",
+        "done",
     ]
 
 
@@ -116,7 +90,8 @@ def test_health_reports_database_and_broker(pg_stack: Stack) -> None:
     with pg_stack.client() as client:
         health = client.get("/health").json()
     assert health["status"] == "ok"
-    assert health["database"]["ok"] and health["database"]["detail"] == "postgresql"
+    assert health["database"]["ok"]
+    assert health["database"]["detail"] == "postgresql"
     assert health["broker"]["ok"]
 
 

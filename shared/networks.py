@@ -1,0 +1,305 @@
+"""The networks a job may use, and validation of custom networks (pure Python, no torch).
+
+A custom network is a declarative list of layers; the API checks it with the dataset's input
+shape before queueing, so a bad one is refused with the layer named, and no user code runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    """One entry of the catalog."""
+
+    name: str
+    family: Literal["digits", "torchvision"]
+    description: str
+    default_batch_size: int
+    min_size: int  # smallest input side the network accepts
+
+
+CATALOG: dict[str, NetworkInfo] = {
+    n.name: n
+    for n in [
+        NetworkInfo(
+            "lenet",
+            "digits",
+            "LeNet-5 (DIGITS's standard network for small images "
+            "such as MNIST), adapted to the input size and channels",
+            64,
+            8,
+        ),
+        NetworkInfo(
+            "alexnet",
+            "digits",
+            "AlexNet (DIGITS's default), with a smaller stem for inputs under 64 px",
+            128,
+            16,
+        ),
+        NetworkInfo(
+            "googlenet",
+            "digits",
+            "GoogLeNet / Inception v1, with a smaller stem for inputs under 64 px",
+            32,
+            16,
+        ),
+        NetworkInfo("resnet18", "torchvision", "ResNet-18 (torchvision), random weights", 128, 16),
+        NetworkInfo("resnet50", "torchvision", "ResNet-50 (torchvision), random weights", 64, 16),
+        NetworkInfo(
+            "mobilenet_v3_small", "torchvision", "MobileNetV3-Small (torchvision)", 128, 16
+        ),
+        NetworkInfo(
+            "mobilenet_v3_large", "torchvision", "MobileNetV3-Large (torchvision)", 128, 16
+        ),
+        NetworkInfo("efficientnet_b0", "torchvision", "EfficientNet-B0 (torchvision)", 64, 16),
+        NetworkInfo("convnext_tiny", "torchvision", "ConvNeXt-Tiny (torchvision)", 64, 32),
+        NetworkInfo("vgg16", "torchvision", "VGG-16 with batch norm (torchvision)", 64, 32),
+        NetworkInfo(
+            "vit_b_16",
+            "torchvision",
+            "ViT-B/16 (torchvision); image sides must be multiples of 16",
+            32,
+            16,
+        ),
+    ]
+}
+
+NetworkName = Literal[
+    "lenet",
+    "alexnet",
+    "googlenet",
+    "resnet18",
+    "resnet50",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vgg16",
+    "vit_b_16",
+]
+
+
+class _Layer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Conv2d(_Layer):
+    """2-D convolution."""
+
+    type: Literal["conv2d"]
+    out_channels: int = Field(ge=1, le=8192)
+    kernel_size: int = Field(ge=1, le=31)
+    stride: int = Field(default=1, ge=1, le=16)
+    padding: int | Literal["same"] = 0
+    groups: int = Field(default=1, ge=1)
+    bias: bool = True
+
+
+class Pool2d(_Layer):
+    """Max or average pooling."""
+
+    type: Literal["maxpool2d", "avgpool2d"]
+    kernel_size: int = Field(ge=1, le=31)
+    stride: int | None = Field(default=None, ge=1, le=31)
+    padding: int = Field(default=0, ge=0)
+
+
+class AdaptiveAvgPool2d(_Layer):
+    """Average pooling to a fixed output size."""
+
+    type: Literal["adaptive_avgpool2d"]
+    output_size: int = Field(default=1, ge=1, le=64)
+
+
+class BatchNorm(_Layer):
+    """Batch normalisation (2-D on feature maps, 1-D on vectors); features are inferred."""
+
+    type: Literal["batchnorm2d", "batchnorm1d"]
+
+
+class Activation(_Layer):
+    """An element-wise non-linearity."""
+
+    type: Literal["relu", "leaky_relu", "gelu", "sigmoid", "tanh", "silu", "elu"]
+    negative_slope: float = Field(default=0.01, ge=0, le=1)
+
+
+class Dropout(_Layer):
+    """Dropout (2-D drops whole channels)."""
+
+    type: Literal["dropout", "dropout2d"]
+    p: float = Field(default=0.5, ge=0, lt=1)
+
+
+class Flatten(_Layer):
+    """Feature map to vector."""
+
+    type: Literal["flatten"]
+
+
+class Linear(_Layer):
+    """Fully connected; `out_features` may be omitted on the last layer (= number of classes)."""
+
+    type: Literal["linear"]
+    out_features: int | None = Field(default=None, ge=1, le=65536)
+    bias: bool = True
+
+
+Layer = Annotated[
+    Conv2d | Pool2d | AdaptiveAvgPool2d | BatchNorm | Activation | Dropout | Flatten | Linear,
+    Field(discriminator="type"),
+]
+
+MAX_PARAMETERS = 500_000_000
+
+
+class NetworkShapeError(ValueError):
+    """A custom network that cannot run on the dataset's images; names the layer."""
+
+    def __init__(self, index: int, layer_type: str, message: str) -> None:
+        super().__init__(f"layer {index} ({layer_type}): {message}")
+        self.index = index
+        self.layer_type = layer_type
+
+
+def _out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def check_custom(
+    layers: list[
+        Conv2d | Pool2d | AdaptiveAvgPool2d | BatchNorm | Activation | Dropout | Flatten | Linear
+    ],
+    channels: int,
+    height: int,
+    width: int,
+    num_classes: int,
+) -> int:
+    """Infer shapes through the layers; raise NetworkShapeError naming the first bad layer.
+
+    Returns the parameter count.
+    """
+    shape: tuple[int, ...] = (channels, height, width)
+    params = 0
+    last = len(layers) - 1
+    for i, layer in enumerate(layers):
+        t = layer.type
+        if (
+            isinstance(layer, Conv2d | Pool2d | AdaptiveAvgPool2d)
+            or t == "batchnorm2d"
+            or (t == "dropout2d")
+        ) and len(shape) != 3:
+            raise NetworkShapeError(
+                i,
+                t,
+                "needs a feature map, but the input is a vector "
+                "(it comes after flatten or linear)",
+            )
+        c, *hw = shape
+        if isinstance(layer, Conv2d):
+            if c % layer.groups or layer.out_channels % layer.groups:
+                raise NetworkShapeError(
+                    i,
+                    t,
+                    f"groups={layer.groups} must divide in "
+                    f"({c}) and out ({layer.out_channels}) channels",
+                )
+            pad = (layer.kernel_size - 1) // 2 if layer.padding == "same" else layer.padding
+            stride = 1 if layer.padding == "same" else layer.stride
+            h, w = hw
+            if layer.kernel_size > h + 2 * pad or layer.kernel_size > w + 2 * pad:
+                raise NetworkShapeError(
+                    i,
+                    t,
+                    f"kernel {layer.kernel_size} is larger than its {h}x{w} input (padding {pad})",
+                )
+            shape = (
+                layer.out_channels,
+                _out(h, layer.kernel_size, stride, pad),
+                _out(w, layer.kernel_size, stride, pad),
+            )
+            params += layer.out_channels * (c // layer.groups) * layer.kernel_size**2
+            params += layer.out_channels if layer.bias else 0
+        elif isinstance(layer, Pool2d):
+            h, w = hw
+            stride = layer.stride or layer.kernel_size
+            if layer.padding * 2 > layer.kernel_size:
+                raise NetworkShapeError(i, t, "padding must be at most half the kernel size")
+            if layer.kernel_size > h + 2 * layer.padding or layer.kernel_size > w + 2 * (
+                layer.padding
+            ):
+                raise NetworkShapeError(
+                    i, t, f"kernel {layer.kernel_size} is larger than its {h}x{w} input"
+                )
+            shape = (
+                c,
+                _out(h, layer.kernel_size, stride, layer.padding),
+                _out(w, layer.kernel_size, stride, layer.padding),
+            )
+        elif isinstance(layer, AdaptiveAvgPool2d):
+            shape = (c, layer.output_size, layer.output_size)
+        elif t == "batchnorm2d":
+            params += 2 * c
+        elif t == "batchnorm1d":
+            if len(shape) != 1:
+                raise NetworkShapeError(i, t, "needs a vector; use batchnorm2d on feature maps")
+            params += 2 * c
+        elif isinstance(layer, Flatten):
+            size = 1
+            for d in shape:
+                size *= d
+            shape = (size,)
+        elif isinstance(layer, Linear):
+            if len(shape) != 1:
+                raise NetworkShapeError(
+                    i,
+                    t,
+                    f"needs a vector but gets a {'x'.join(map(str, shape))}"
+                    " feature map; add a flatten layer before it",
+                )
+            out = layer.out_features
+            if out is None:
+                if i != last:
+                    raise NetworkShapeError(
+                        i, t, "out_features is required except on the last layer"
+                    )
+                out = num_classes
+            params += shape[0] * out + (out if layer.bias else 0)
+            shape = (out,)
+        if any(d < 1 for d in shape):
+            raise NetworkShapeError(
+                i,
+                t,
+                f"output would be {'x'.join(map(str, shape))}: the feature map shrinks to nothing",
+            )
+        if params > MAX_PARAMETERS:
+            raise NetworkShapeError(i, t, f"the network exceeds {MAX_PARAMETERS:,} parameters")
+    if shape != (num_classes,):
+        t = layers[last].type if layers else "none"  # type: ignore[assignment]
+        raise NetworkShapeError(
+            last,
+            t,
+            f"the network must end with {num_classes} outputs (one per class), but it "
+            f"ends with shape {'x'.join(map(str, shape))}; end with a linear layer",
+        )
+    return params
+
+
+def check_standard(name: str, channels: int, height: int, width: int) -> None:
+    """Refuse an input size a standard network cannot take."""
+    info = CATALOG[name]
+    side = min(height, width)
+    if side < info.min_size:
+        raise ValueError(
+            f"{name} needs images of at least {info.min_size}x{info.min_size}; "
+            f"this dataset's are {width}x{height}"
+        )
+    if name == "vit_b_16" and (height != width or height % 16):
+        raise ValueError(
+            f"vit_b_16 needs square images whose side is a multiple of 16, not {width}x{height}"
+        )

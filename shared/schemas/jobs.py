@@ -1,0 +1,301 @@
+"""Training job requests and responses."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.lr_policy import POLICIES
+from shared.networks import Layer, NetworkName
+from shared.schemas.common import StatusChange
+
+Solver = Literal["sgd", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "adamw"]
+LRPolicy = Literal["fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid", "cosine"]
+assert set(POLICIES) == set(LRPolicy.__args__)  # type: ignore[attr-defined]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StandardNetwork(_Strict):
+    """A built-in network: DIGITS's three or a torchvision classifier, with random weights."""
+
+    kind: Literal["standard"] = "standard"
+    name: NetworkName
+
+
+class CustomNetwork(_Strict):
+    """A declarative list of layers, checked against the dataset before the job is queued."""
+
+    kind: Literal["custom"] = "custom"
+    layers: list[Layer] = Field(min_length=1, max_length=200)
+
+
+class PreviousNetwork(_Strict):
+    """Start from another job's checkpoint (fine-tuning); a new head when the classes differ."""
+
+    kind: Literal["previous"] = "previous"
+    job_id: uuid.UUID
+    checkpoint: Literal["best", "last"] | int = Field(
+        default="last", description="`best`, `last`, or an epoch number"
+    )
+
+
+NetworkSpec = Annotated[
+    StandardNetwork | CustomNetwork | PreviousNetwork, Field(discriminator="kind")
+]
+
+
+class LRParams(_Strict):
+    """LR-policy parameters in DIGITS's units (percent of training); omitted = DIGITS default."""
+
+    step_size: float | None = Field(
+        default=None, gt=0, le=100, description="step: 33, sigmoid: 50 (% of training)"
+    )
+    gamma: float | None = Field(
+        default=None, gt=0, description="step 0.1, multistep 0.5, exp 0.95, inv 0.1, sigmoid 0.1"
+    )
+    step_values: list[float] | None = Field(default=None, description="multistep: [50, 85] (%)")
+    power: float | None = Field(default=None, gt=0, description="inv 0.5, poly 3")
+    warmup_pct: float = Field(
+        default=0.0, ge=0, lt=100, description="linear warm-up over this % of training"
+    )
+    min_lr_pct: float = Field(
+        default=0.0, ge=0, le=100, description="cosine: floor as % of the base rate"
+    )
+
+    @field_validator("step_values")
+    @classmethod
+    def _sorted_percent(cls, values: list[float] | None) -> list[float] | None:
+        if values is not None:
+            if not values or any(not 0 < v <= 100 for v in values):
+                raise ValueError("step_values are percentages in (0, 100]")
+            if values != sorted(values):
+                raise ValueError("step_values must increase")
+        return values
+
+
+class EarlyStopping(_Strict):
+    """Stop when the validation metric has not improved for `patience` validations."""
+
+    metric: Literal["val.loss", "val.accuracy", "val.top5"] = "val.loss"
+    patience: int = Field(default=5, ge=1)
+    min_delta: float = Field(default=0.0, ge=0)
+
+
+class Hyperparameters(_Strict):
+    """Training options, with DIGITS's defaults and meanings."""
+
+    epochs: int = Field(default=30, ge=1, le=100_000)
+    batch_size: int | None = Field(
+        default=None, ge=1, le=65536, description="None = the network's default"
+    )
+    batch_accumulation: int = Field(
+        default=1, ge=1, le=1024, description="Gradient accumulation (Caffe's iter_size)"
+    )
+    solver: Solver = "sgd"
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="sgd, nesterov")
+    weight_decay: float | None = Field(
+        default=None, ge=0, description="None = learning_rate / 100 (DIGITS)"
+    )
+    rms_decay: float = Field(default=0.99, gt=0, lt=1, description="rmsprop")
+    learning_rate: float = Field(default=0.01, gt=0, le=10)
+    lr_policy: LRPolicy = "step"
+    lr_params: LRParams = Field(default_factory=LRParams)
+    snapshot_interval: float = Field(default=1.0, ge=0, description="epochs; 0 = at the end")
+    val_interval: float = Field(default=1.0, ge=0, description="epochs; 0 = at the end")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    use_mean: Literal["image", "pixel", "none"] = "image"
+    crop_size: int | None = Field(default=None, ge=1, description="random crop (centre at test)")
+    shuffle: bool = True
+    aug_flip: Literal["none", "fliplr", "flipud", "fliplrud"] = "none"
+    aug_quad_rot: Literal["none", "rot90", "rot180", "rotall"] = "none"
+    aug_rot: float = Field(default=0.0, ge=0, le=180, description="max rotation, degrees")
+    aug_scale: float = Field(default=0.0, ge=0, le=1, description="scale stddev (0.07)")
+    aug_noise: float = Field(default=0.0, ge=0, le=1, description="noise stddev (0.03)")
+    aug_hsv_use: bool = False
+    aug_hsv_h: float = Field(default=0.02, ge=0, le=0.5)
+    aug_hsv_s: float = Field(default=0.04, ge=0, le=0.5)
+    aug_hsv_v: float = Field(default=0.06, ge=0, le=0.5)
+    early_stopping: EarlyStopping | None = None
+    best_metric: Literal["val.loss", "val.accuracy", "val.top5"] = "val.accuracy"
+    amp: bool = Field(default=True, description="mixed precision on CUDA (bf16 where supported)")
+    log_interval: int = Field(default=0, ge=0, description="train loss every N steps; 0 = auto")
+
+    def effective_weight_decay(self) -> float:
+        """DIGITS's hidden constant when unset: base_lr / 100."""
+        return self.learning_rate / 100 if self.weight_decay is None else self.weight_decay
+
+
+class SweepHyperparameters(Hyperparameters):
+    """Hyperparameters where learning_rate and batch_size may be lists (one job per pair)."""
+
+    learning_rate: float | list[float] = Field(default=0.01)  # type: ignore[assignment]
+    batch_size: int | list[int] | None = Field(default=None)  # type: ignore[assignment]
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _lrs(cls, v: float | list[float]) -> float | list[float]:
+        values = v if isinstance(v, list) else [v]
+        if not values or len(values) > 64 or any(not 0 < x <= 10 for x in values):
+            raise ValueError("learning rates must be in (0, 10], at most 64 of them")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _bss(cls, v: int | list[int] | None) -> int | list[int] | None:
+        if v is None:
+            return v
+        values = v if isinstance(v, list) else [v]
+        if not values or len(values) > 64 or any(not 1 <= x <= 65536 for x in values):
+            raise ValueError("batch sizes must be in [1, 65536], at most 64 of them")
+        return v
+
+
+class JobCreate(_Strict):
+    """A training job (or a sweep: lists of learning rates / batch sizes)."""
+
+    dataset_id: uuid.UUID
+    name: str = Field(min_length=1, max_length=200)
+    group: str | None = Field(default=None, max_length=200)
+    notes: str | None = Field(default=None, max_length=10_000)
+    network: NetworkSpec = Field(
+        description="A standard network name, or {kind: standard|custom|previous, ...}"
+    )
+    hyperparameters: SweepHyperparameters = Field(default_factory=SweepHyperparameters)
+    gpu: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Run on this worker (its name); any free one if omitted",
+    )
+
+    @field_validator("network", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"kind": "standard", "name": v} if isinstance(v, str) else v
+
+
+class JobUpdate(_Strict):
+    """Editable fields of a job."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    notes: str | None = Field(default=None, max_length=10_000)
+    group: str | None = Field(default=None, max_length=200)
+
+
+class JobClone(_Strict):
+    """Overrides for a clone; anything omitted is copied from the original request."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    group: str | None = None
+    notes: str | None = None
+    dataset_id: uuid.UUID | None = None
+    network: NetworkSpec | None = None
+    hyperparameters: dict[str, Any] | None = Field(
+        default=None, description="Merged into the original hyperparameters"
+    )
+    gpu: str | None = None
+
+    @field_validator("network", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"kind": "standard", "name": v} if isinstance(v, str) else v
+
+
+class MetricValue(BaseModel):
+    """The latest value of a series."""
+
+    value: float
+    step: int
+    epoch: float
+
+
+class JobRead(BaseModel):
+    """A job: its request, state, progress and latest metrics."""
+
+    id: uuid.UUID
+    kind: str
+    name: str
+    group: str | None
+    notes: str | None
+    status: str
+    status_history: list[StatusChange]
+    error: str | None
+    dataset_id: uuid.UUID | None
+    request: dict[str, Any] = Field(description="The validated request (what clone copies)")
+    worker: str | None
+    attempts: int
+    progress: float
+    epoch: float
+    eta_seconds: float | None
+    abort_requested: bool
+    best: dict[str, MetricValue] = Field(
+        default_factory=dict, description="Best value of each validation series"
+    )
+    last: dict[str, MetricValue] = Field(
+        default_factory=dict, description="Latest value of each series"
+    )
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobsCreated(BaseModel):
+    """The jobs a request created: one, or one per sweep combination."""
+
+    jobs: list[JobRead]
+    group: str | None
+
+
+class MetricPoint(BaseModel):
+    """One value of a named series."""
+
+    id: int = Field(description="Cursor: pass the largest as `since` to get only newer points")
+    name: str
+    step: int
+    epoch: float
+    value: float
+
+
+class MetricsRead(BaseModel):
+    """Points of a job's series, oldest first."""
+
+    items: list[MetricPoint]
+    next_since: int
+
+
+class CheckpointRead(BaseModel):
+    """A saved snapshot."""
+
+    name: str = Field(description="epoch-N, or the aliases best / last")
+    epoch: float
+    step: int
+    size_bytes: int
+    metrics: dict[str, float]
+    created_at: datetime
+
+
+class LRPreview(BaseModel):
+    """The 101-point learning-rate curve (DIGITS's visualize-lr)."""
+
+    policy: str
+    learning_rate: float
+    percent: list[int]
+    values: list[float]
+
+
+class NetworkRead(BaseModel):
+    """A network a job may use."""
+
+    name: str
+    kind: Literal["standard", "custom", "previous"]
+    family: str
+    description: str
+    default_batch_size: int | None
+
+
+__all__ = ["JobCreate", "model_validator"]

@@ -1,0 +1,219 @@
+"""Writes what the training engine reports into the database, from a background thread, so the
+training loop never waits on SQL. Also carries the abort flag back to the loop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import session_scope, utcnow
+from shared.models import Checkpoint, Job, JobEvent, MetricPoint
+
+log = logging.getLogger("digits.worker.reporter")
+
+LOWER_IS_BETTER = ("loss",)
+
+
+def _better(name: str, new: float, old: float) -> bool:
+    if any(name.endswith(s) for s in LOWER_IS_BETTER):
+        return new < old
+    return new > old
+
+
+class DbReporter:
+    """The engine's Reporter, backed by the job's rows."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        job_id: uuid.UUID,
+        *,
+        interval: float = 0.5,
+        best: dict[str, Any] | None = None,
+        last: dict[str, Any] | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.job_id = job_id
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._points: list[tuple[int, float, dict[str, float]]] = []
+        self._progress: tuple[float, int, int] | None = None
+        self._checkpoints: list[Any] = []
+        self._stop = threading.Event()
+        self._closing = threading.Event()
+        self.best: dict[str, Any] = dict(best or {})
+        self.last: dict[str, Any] = dict(last or {})
+        self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
+        self.failures = 0
+
+    # -- the engine's Reporter protocol -------------------------------------------------
+    def metrics(self, step: int, epoch: float, values: dict[str, float]) -> None:
+        with self._lock:
+            self._points.append((step, epoch, dict(values)))
+
+    def progress(self, epoch: float, step: int, total_steps: int) -> None:
+        with self._lock:
+            self._progress = (epoch, step, total_steps)
+
+    def checkpoint_saved(self, info: Any) -> None:
+        with self._lock:
+            self._checkpoints.append(info)
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set()
+
+    def log(self, message: str) -> None:
+        log.info("job=%s %s", self.job_id, message)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> DbReporter:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the thread and write whatever is still buffered."""
+        self._closing.set()
+        self._thread.join(timeout=30)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._closing.wait(self.interval):
+            try:
+                self.flush()
+                self.failures = 0
+            except Exception as exc:  # keep training through a short database outage
+                self.failures += 1
+                log.warning(
+                    "job=%s metrics flush failed (%d): %s",
+                    self.job_id,
+                    self.failures,
+                    str(exc).splitlines()[0] if str(exc) else exc,
+                )
+
+    def flush(self) -> None:
+        """Write buffered points, progress and checkpoints; read the abort flag."""
+        with self._lock:
+            points, self._points = self._points, []
+            progress, self._progress = self._progress, None
+            checkpoints, self._checkpoints = self._checkpoints, []
+        try:
+            self._write(points, progress, checkpoints)
+        except BaseException:
+            with self._lock:  # put them back, in order, for the next try
+                self._points[:0] = points
+                self._checkpoints[:0] = checkpoints
+                if self._progress is None:
+                    self._progress = progress
+            raise
+
+    def _write(
+        self,
+        points: list[tuple[int, float, dict[str, float]]],
+        progress: tuple[float, int, int] | None,
+        checkpoints: list[Any],
+    ) -> None:
+        now = utcnow()
+        with session_scope(self.sessions) as session:
+            values: dict[str, Any] = {"heartbeat_at": now}
+            if points:
+                rows = []
+                for step, epoch, series in points:
+                    for name, value in series.items():
+                        rows.append(
+                            MetricPoint(
+                                job_id=self.job_id,
+                                name=name,
+                                step=step,
+                                epoch=epoch,
+                                value=float(value),
+                                created_at=now,
+                            )
+                        )
+                        entry = {"value": float(value), "step": step, "epoch": epoch}
+                        self.last[name] = entry
+                        if name.startswith("val.") and (
+                            name not in self.best
+                            or _better(name, float(value), self.best[name]["value"])
+                        ):
+                            self.best[name] = entry
+                session.add_all(rows)
+                session.add(
+                    JobEvent(
+                        job_id=self.job_id,
+                        kind="metrics",
+                        created_at=now,
+                        data={
+                            "points": [{"step": s, "epoch": e, "values": v} for s, e, v in points]
+                        },
+                    )
+                )
+                values["best"] = dict(self.best)
+                values["last"] = dict(self.last)
+            if progress is not None:
+                epoch, step, total = progress
+                values.update(
+                    epoch=epoch,
+                    step=step,
+                    total_steps=total,
+                    progress=round(min(step / max(total, 1), 0.999), 5),
+                )
+                session.add(
+                    JobEvent(
+                        job_id=self.job_id,
+                        kind="progress",
+                        created_at=now,
+                        data={
+                            "epoch": epoch,
+                            "step": step,
+                            "total_steps": total,
+                            "progress": values["progress"],
+                        },
+                    )
+                )
+            for info in checkpoints:
+                self._save_checkpoint(session, info)
+            session.execute(update(Job).where(Job.id == self.job_id).values(**values))
+            abort = session.scalar(select(Job.abort_requested).where(Job.id == self.job_id))
+        if abort:
+            self._stop.set()
+
+    def _save_checkpoint(self, session: Session, info: Any) -> None:
+        path = Path(info.path)
+        size = path.stat().st_size if path.exists() else 0
+        row = session.scalar(
+            select(Checkpoint).where(Checkpoint.job_id == self.job_id, Checkpoint.name == info.name)
+        )
+        metrics = {k: float(v) for k, v in (info.metrics or {}).items()}
+        if row is None:
+            session.add(
+                Checkpoint(
+                    job_id=self.job_id,
+                    name=info.name,
+                    path=str(path),
+                    epoch=float(info.epoch),
+                    step=int(info.step),
+                    size_bytes=size,
+                    metrics=metrics,
+                )
+            )
+        else:
+            row.path, row.epoch, row.step = str(path), float(info.epoch), int(info.step)
+            row.size_bytes, row.metrics, row.created_at = size, metrics, utcnow()
+        session.add(
+            JobEvent(
+                job_id=self.job_id,
+                kind="checkpoint",
+                data={
+                    "name": info.name,
+                    "epoch": float(info.epoch),
+                    "step": int(info.step),
+                    "metrics": metrics,
+                },
+            )
+        )
