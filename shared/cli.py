@@ -65,8 +65,28 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     name = args.name or default_name
     queues = [q for q in (args.queues or default_queues).split(",") if q]
     queues.append(worker_queue(name))
-    context.init(settings, name, device)
+    ctx = context.init(settings, name, device)
     app = create_celery(settings, include=["worker.tasks"])
+    from celery import signals
+
+    from worker.heartbeat import Heartbeat
+
+    kind = "gpu" if device == "cuda" else ("cpu-train" if device == "cpu" else "cpu")
+    ctx.heartbeat = Heartbeat(kind, queues, settings.heartbeat_interval)
+
+    @signals.worker_ready.connect(weak=False)
+    def _ready(**_kwargs: object) -> None:
+        if device is not None:
+            from worker.runner import prepare
+
+            prepare()
+        ctx.heartbeat.start()
+        ctx.heartbeat.adopt()
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _shutdown(**_kwargs: object) -> None:
+        ctx.heartbeat.stop()
+
     argv = [
         "worker",
         "--queues",

@@ -30,7 +30,7 @@ MEAN_NPY = "mean.npy"
 MEAN_PNG = "mean.png"
 FORMAT_VERSION = 1
 JPEG_QUALITY = 90
-PNG_COMPRESS_LEVEL = 3
+PNG_COMPRESS_LEVEL = 1  # stored samples: several times faster to write than 6, ~15% larger
 
 
 def labels_path(dataset_dir: Path, split: str) -> Path:

@@ -197,8 +197,7 @@ def check_custom(
             raise NetworkShapeError(
                 i,
                 t,
-                "needs a feature map, but the input is a vector "
-                "(it comes after flatten or linear)",
+                "needs a feature map, but the input is a vector (it comes after flatten or linear)",
             )
         c, *hw = shape
         if isinstance(layer, Conv2d):

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     archive_max_total_bytes: int = 20 * 1024**3
     import_workers: int = 0
     log_level: str = "INFO"
+    heartbeat_interval: float = Field(default=5.0, gt=0, description="worker heartbeat, seconds")
+    telemetry_interval: float = Field(default=1.0, gt=0, description="GPU/process sampling, s")
+    worker_stale_after: float = Field(
+        default=30.0, gt=0, description="a worker silent this long is shown as stale"
+    )
     # Celery's Redis transport redelivers an unacknowledged task after this many seconds;
     # it must exceed the longest job (the claim on the job row makes a redelivery harmless).
     visibility_timeout: int = 7 * 24 * 3600

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,6 +20,8 @@ class WorkerContext:
     sessions: sessionmaker[Session]
     name: str
     device: str | None = None  # "cpu", "cuda", or None (cuda when the child finds one)
+    current_job: uuid.UUID | None = None
+    heartbeat: Any = None
 
 
 _context: WorkerContext | None = None

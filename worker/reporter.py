@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import session_scope, utcnow
-from shared.models import Checkpoint, Job, JobEvent, MetricPoint
+from shared.models import Checkpoint, Job, JobEvent, MetricPoint, Worker
 
 log = logging.getLogger("digits.worker.reporter")
 
@@ -37,7 +37,11 @@ class DbReporter:
         interval: float = 0.5,
         best: dict[str, Any] | None = None,
         last: dict[str, Any] | None = None,
+        worker: str | None = None,
     ) -> None:
+        self.worker = worker
+        self._position: tuple[int, float] = (0, 0.0)
+        self._live: dict[str, float] | None = None
         self.sessions = sessions
         self.job_id = job_id
         self.interval = interval
@@ -56,10 +60,19 @@ class DbReporter:
     def metrics(self, step: int, epoch: float, values: dict[str, float]) -> None:
         with self._lock:
             self._points.append((step, epoch, dict(values)))
+            self._position = (step, epoch)
 
     def progress(self, epoch: float, step: int, total_steps: int) -> None:
         with self._lock:
             self._progress = (epoch, step, total_steps)
+            self._position = (step, epoch)
+
+    def telemetry(self, values: dict[str, float]) -> None:
+        """A sample of the process and its GPU: a metric point, and the worker's live state."""
+        with self._lock:
+            step, epoch = self._position
+            self._points.append((step, epoch, dict(values)))
+            self._live = dict(values)
 
     def checkpoint_saved(self, info: Any) -> None:
         with self._lock:
@@ -102,8 +115,9 @@ class DbReporter:
             points, self._points = self._points, []
             progress, self._progress = self._progress, None
             checkpoints, self._checkpoints = self._checkpoints, []
+            live, self._live = self._live, None
         try:
-            self._write(points, progress, checkpoints)
+            self._write(points, progress, checkpoints, live)
         except BaseException:
             with self._lock:  # put them back, in order, for the next try
                 self._points[:0] = points
@@ -117,6 +131,7 @@ class DbReporter:
         points: list[tuple[int, float, dict[str, float]]],
         progress: tuple[float, int, int] | None,
         checkpoints: list[Any],
+        live: dict[str, float] | None = None,
     ) -> None:
         now = utcnow()
         with session_scope(self.sessions) as session:
@@ -179,6 +194,12 @@ class DbReporter:
             for info in checkpoints:
                 self._save_checkpoint(session, info)
             session.execute(update(Job).where(Job.id == self.job_id).values(**values))
+            if live is not None and self.worker:
+                session.execute(
+                    update(Worker)
+                    .where(Worker.name == self.worker)
+                    .values(stats={**live, "job_id": str(self.job_id), "at": now.isoformat()})
+                )
             abort = session.scalar(select(Job.abort_requested).where(Job.id == self.job_id))
         if abort:
             self._stop.set()

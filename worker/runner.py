@@ -22,6 +22,31 @@ from worker import context
 log = logging.getLogger("digits.worker.runner")
 
 
+_PRELOAD = ["torch", "torchvision", "worker.runner", "worker.training.engine", "worker.reporter"]
+_context_cache: list[Any] = []
+
+
+def _mp_context() -> Any:
+    """A forkserver that has imported torch (but never touched CUDA) forks each job's child.
+
+    A fresh process per job still returns all device memory when the job ends, without paying
+    the interpreter start and the torch import (seconds) on every job.
+    """
+    if not _context_cache:
+        mp = multiprocessing.get_context("forkserver")
+        mp.set_forkserver_preload(_PRELOAD)
+        _context_cache.append(mp)
+    return _context_cache[0]
+
+
+def prepare() -> None:
+    """Start the forkserver now, so the first job does not wait for it."""
+    from multiprocessing import forkserver
+
+    _mp_context()
+    forkserver.ensure_running()
+
+
 def run_job(job_id: uuid.UUID) -> None:
     """Claim a training job, train it in a child process, and make sure it ends in a final state."""
     ctx = context.get()
@@ -36,15 +61,23 @@ def run_job(job_id: uuid.UUID) -> None:
             job_service.finish_job(session, job_id, Status.ERROR, reason=str(exc))
             return
     log.info("job=%s training starts on %s (device %s)", job_id, ctx.name, ctx.device)
-    mp = multiprocessing.get_context("spawn")
+    ctx.current_job = job_id
+    if ctx.heartbeat is not None:
+        ctx.heartbeat.beat_now()
+    mp = _mp_context()
     child = mp.Process(
         target=child_main,
-        args=(ctx.settings.model_dump(mode="json"), str(job_id), plan, ctx.device),
+        args=(ctx.settings.model_dump(mode="json"), str(job_id), plan, ctx.device, ctx.name),
         name=f"train-{job_id}",
         daemon=False,
     )
     child.start()
-    child.join()
+    try:
+        child.join()
+    finally:
+        ctx.current_job = None
+        if ctx.heartbeat is not None:
+            ctx.heartbeat.beat_now()
     if child.exitcode != 0:
         with session_scope(ctx.sessions) as session:
             if job_service.finish_job(
@@ -85,7 +118,7 @@ def _plan(session: Any, settings: Settings, job: Job) -> dict[str, Any]:
                 last["out_features"] = None
                 network["layers"] = [*network["layers"][:-1], last]
     return {
-        "dataset_dir": str(storage.dataset_dir(settings, job.dataset_id)),
+        "dataset_dir": str(storage.dataset_dir(settings, job.dataset_id)),  # type: ignore[arg-type]
         "network": network,
         "hyper": request["hyperparameters"],
         "out_dir": str(storage.job_dir(settings, job.id)),
@@ -93,8 +126,16 @@ def _plan(session: Any, settings: Settings, job: Job) -> dict[str, Any]:
     }
 
 
+class _AbortedBeforeStart(Exception):
+    """The job was aborted before training began."""
+
+
 def child_main(
-    settings_json: dict[str, Any], job_id_str: str, plan: dict[str, Any], device: str | None
+    settings_json: dict[str, Any],
+    job_id_str: str,
+    plan: dict[str, Any],
+    device: str | None,
+    worker_name: str | None = None,
 ) -> None:
     """Entry point of the training child: train, report, and record the outcome."""
     settings = Settings.model_validate(settings_json)
@@ -116,7 +157,12 @@ def child_main(
     with session_scope(sessions) as session:
         job = session.get(Job, job_id)
         best, last = (dict(job.best or {}), dict(job.last or {})) if job else ({}, {})
-    reporter = DbReporter(sessions, job_id, best=best, last=last).start()
+    reporter = DbReporter(sessions, job_id, best=best, last=last, worker=worker_name)
+    reporter.flush()  # reads the abort flag: a job aborted while its child started stops here
+    reporter.start()
+    from worker.telemetry import Sampler
+
+    sampler = Sampler(reporter.telemetry, interval=settings.telemetry_interval).start()
     spec = TrainSpec(
         dataset_dir=Path(plan["dataset_dir"]),
         network=plan["network"],
@@ -127,6 +173,8 @@ def child_main(
     )
     status, reason = Status.DONE, None
     try:
+        if reporter.should_stop():
+            raise _AbortedBeforeStart
         result = train(spec, reporter)
         if result.outcome == "stopped":
             status, reason = Status.ABORTED, "aborted by user"
@@ -139,6 +187,8 @@ def child_main(
             result.steps,
             result.images_per_second,
         )
+    except _AbortedBeforeStart:
+        status, reason = Status.ABORTED, "aborted by user"
     except TrainingError as exc:
         status, reason = Status.ERROR, str(exc)
         log.error("job=%s training failed: %s", job_id, exc)
@@ -146,6 +196,7 @@ def child_main(
         status, reason = Status.ERROR, f"internal error: {type(exc).__name__}: {exc}"
         log.exception("job=%s training crashed", job_id)
     finally:
+        sampler.stop()
         reporter.close()
     with session_scope(sessions) as session:
         job_service.finish_job(session, job_id, status, reason=reason)

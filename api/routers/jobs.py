@@ -30,6 +30,7 @@ from shared.schemas.jobs import (
     MetricPoint,
     MetricsRead,
 )
+from shared.services import fleet
 from shared.services import jobs as service
 
 log = logging.getLogger("digits.api.jobs")
@@ -40,10 +41,27 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem}, 422: {"mo
 
 
 def _enqueue(celery: CeleryDep, session: SessionDep, jobs: list[Job]) -> None:
-    """Send each committed job to the broker; a job the broker refused ends in error."""
+    """Send each committed job to the broker; a job the broker refused ends in error.
+
+    A job asking for a GPU by UUID goes to the worker that has it; when none is registered
+    it is not sent: it waits, and that worker adopts it when it starts.
+    """
     for job in jobs:
+        target = job.requested_worker
+        if target and target.startswith("GPU-"):
+            owner = next(
+                (
+                    w.name
+                    for w in fleet.list_workers(session)
+                    if any(g.get("uuid") == target for g in w.gpus or [])
+                ),
+                None,
+            )
+            if owner is None:
+                continue
+            target = owner
         try:
-            queue.send_train(celery, job.id, job.requested_worker)
+            queue.send_train(celery, job.id, target)
         except Exception as exc:
             log.error("job=%s enqueue failed: %s", job.id, exc)
             service.set_status(
@@ -103,9 +121,15 @@ def list_jobs(
     response_model=JobRead,
     responses=NOT_FOUND,
 )
-def get_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
+def get_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> JobRead:
     """A job: its request, status history, progress, ETA, worker, best and last metrics."""
-    return service.to_read(service.get_job(session, job_id))
+    job = service.get_job(session, job_id)
+    read = service.to_read(job)
+    if job.status == Status.WAITING.value:
+        entry = fleet.queue_entry(session, job.id, settings.worker_stale_after)
+        if entry is not None:
+            read.queue_position, read.waiting_reason = entry.position, entry.reason
+    return read
 
 
 @router.patch(

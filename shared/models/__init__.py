@@ -4,6 +4,7 @@ from shared.models.dataset import Dataset
 from shared.models.enums import JobKind, ResizeMode, Status
 from shared.models.job import Job
 from shared.models.metrics import Checkpoint, JobEvent, MetricPoint
+from shared.models.worker import Worker
 
 __all__ = [
     "Checkpoint",
@@ -14,4 +15,5 @@ __all__ = [
     "MetricPoint",
     "ResizeMode",
     "Status",
+    "Worker",
 ]

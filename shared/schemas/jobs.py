@@ -233,6 +233,8 @@ class JobRead(BaseModel):
     epoch: float
     eta_seconds: float | None
     abort_requested: bool
+    queue_position: int | None = Field(default=None, description="While waiting: 1 = next")
+    waiting_reason: str | None = Field(default=None, description="While waiting: why")
     best: dict[str, MetricValue] = Field(
         default_factory=dict, description="Best value of each validation series"
     )
