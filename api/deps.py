@@ -9,6 +9,8 @@ from celery import Celery
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from shared.models import User
+from shared.services import users
 from shared.settings import Settings
 
 
@@ -37,3 +39,13 @@ def get_celery(request: Request) -> Celery:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
+
+
+def get_current_user(request: Request, session: Annotated[Session, Depends(get_session)]) -> User:
+    """The user of the request's bearer token; 401 problem otherwise."""
+    user = users.authenticate(session, request.headers.get("authorization"))
+    session.commit()  # last_used_at
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware
-from api.routers import catalog, datasets, fleet, health, jobs, prometheus
+from api.routers import catalog, datasets, fleet, health, jobs, prometheus, users
 from shared.db import make_engine, make_session_factory
 from shared.logging import configure_logging
 from shared.queue import create_celery
@@ -65,5 +65,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(catalog.router, prefix=API_PREFIX)
     app.include_router(fleet.router, prefix=API_PREFIX)
+    app.include_router(users.router, prefix=API_PREFIX)
     app.include_router(prometheus.router)
     return app

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from shared.logging import configure_logging
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 
 log = logging.getLogger("digits.cli")
 
@@ -130,6 +130,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         )
         return 2
     migrate.upgrade(settings)
+    _first_start_token(settings)
     env = {**os.environ, "DIGITS_DATA_DIR": str(settings.resolved_data_dir)}
     me = [sys.executable, "-m", "shared.cli"]
     procs: list[subprocess.Popen[bytes]] = [
@@ -182,6 +183,79 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_user(args: argparse.Namespace) -> int:
+    from shared.db import make_engine, make_session_factory, session_scope
+    from shared.services import users
+
+    settings = get_settings()
+    engine = make_engine(settings)
+    with session_scope(make_session_factory(engine)) as session:
+        if args.action == "create":
+            user = users.create_user(session, args.name, is_admin=args.admin)
+            _, token = users.create_token(session, user, "first token")
+            print(f"user {user.name} created{' (admin)' if user.is_admin else ''}")
+            print(f"token: {token}")
+        else:
+            from sqlalchemy import select
+
+            from shared.models import User
+
+            for user in session.scalars(select(User).order_by(User.name)):
+                print(f"{user.name}\t{'admin' if user.is_admin else 'user'}\t{user.id}")
+    engine.dispose()
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    import uuid as _uuid
+
+    from shared.db import make_engine, make_session_factory, session_scope
+    from shared.services import users
+
+    settings = get_settings()
+    engine = make_engine(settings)
+    with session_scope(make_session_factory(engine)) as session:
+        if args.action == "create":
+            user = users.get_user_by_name(session, args.user)
+            row, token = users.create_token(session, user, args.name)
+            print(token)
+            print(f"token {row.id} for {user.name}; it is shown only now", file=sys.stderr)
+        else:
+            from shared.models import ApiToken, User
+
+            row = session.get(ApiToken, _uuid.UUID(args.token_id))
+            if row is None:
+                print(f"error: no token {args.token_id}", file=sys.stderr)
+                return 1
+            admin = session.get(User, row.user_id)
+            assert admin is not None
+            users.revoke_token(session, admin, row.id)
+            print(f"token {row.id} revoked")
+    engine.dispose()
+    return 0
+
+
+def _first_start_token(settings: Settings) -> None:
+    """On a fresh install, create the admin and print its token (as Jupyter does)."""
+    from shared.db import make_engine, make_session_factory, session_scope
+    from shared.services import users
+
+    engine = make_engine(settings)
+    with session_scope(make_session_factory(engine)) as session:
+        token = users.ensure_admin(session)
+    engine.dispose()
+    if token:
+        path = settings.resolved_data_dir / "admin-token"
+        path.write_text(token + "\n")
+        path.chmod(0o600)
+        print(
+            f"\n    First start: user 'admin' created. Its API token (also in {path}):\n"
+            f"\n        {token}\n\n    Send it as `Authorization: Bearer <token>`, or "
+            f"export DIGITS_TOKEN={token} for the CLI.\n",
+            flush=True,
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `digits` command."""
     parser = argparse.ArgumentParser(prog="digits", description=__doc__)
@@ -213,6 +287,23 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("action", choices=["upgrade", "downgrade"])
     db.add_argument("revision", nargs="?", help="target revision (default head / -1)")
     db.set_defaults(func=_cmd_db)
+
+    user = sub.add_parser("user", help="manage users (on the server, against its database)")
+    user_sub = user.add_subparsers(dest="action", required=True)
+    user_create = user_sub.add_parser("create", help="create a user and print a first token")
+    user_create.add_argument("name")
+    user_create.add_argument("--admin", action="store_true", help="sees and manages everything")
+    user_sub.add_parser("list", help="list users")
+    user.set_defaults(func=_cmd_user)
+
+    token = sub.add_parser("token", help="manage API tokens (on the server)")
+    token_sub = token.add_subparsers(dest="action", required=True)
+    token_create = token_sub.add_parser("create", help="create a token and print it")
+    token_create.add_argument("user")
+    token_create.add_argument("--name", default="cli", help="a label for the token")
+    token_revoke = token_sub.add_parser("revoke", help="revoke a token by id")
+    token_revoke.add_argument("token_id")
+    token.set_defaults(func=_cmd_token)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -24,7 +25,8 @@ TASK_ROUTES = {
 
 def worker_queue(worker_name: str) -> str:
     """The private queue of one worker, for jobs that ask for a specific GPU."""
-    return f"worker.{worker_name}"
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", worker_name)  # every transport accepts these
+    return f"worker.{safe}"
 
 
 def broker_settings(settings: Settings) -> tuple[str, dict[str, Any]]:

@@ -86,6 +86,7 @@ def pg_stack(pg_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
 
     migrate.upgrade(Settings(database_url=pg_env["DIGITS_DATABASE_URL"]))
     stack = Stack(env=pg_env, logs=tmp_path_factory.mktemp("logs-pg"))
+    stack.create_admin()
     try:
         stack.start_api()
         stack.start_worker("cpu-test-1", "--queues", "cpu")

@@ -35,6 +35,7 @@ class Stack:
 
     env: dict[str, str]
     logs: Path
+    token: str = ""
     port: int = field(default_factory=free_port)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -87,8 +88,30 @@ class Stack:
         path = self.logs / f"{name}.log"
         return path.read_text(errors="replace")[-6000:] if path.exists() else ""
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url + "/api/v1", timeout=60)
+    def client(self, token: str | None = None) -> httpx.Client:
+        """An HTTP client for /api/v1 sending the stack's admin token (or `token`)."""
+        chosen = self.token if token is None else token
+        headers = {"Authorization": f"Bearer {chosen}"} if chosen else {}
+        return httpx.Client(base_url=self.url + "/api/v1", timeout=60, headers=headers)
+
+    def create_admin(self) -> str:
+        """Create the admin user directly in the database; keep and return its token."""
+        from shared.db import make_engine, make_session_factory, session_scope
+        from shared.services import users
+        from shared.settings import Settings
+
+        engine = make_engine(
+            Settings(
+                database_url=self.env.get("DIGITS_DATABASE_URL", ""),
+                data_dir=Path(self.env["DIGITS_DATA_DIR"]),
+            )
+        )
+        with session_scope(make_session_factory(engine)) as session:
+            token = users.ensure_admin(session)
+        engine.dispose()
+        assert token, "the database already had users"
+        self.token = token
+        return token
 
     def stop(self) -> None:
         for proc in self.procs:

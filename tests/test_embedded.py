@@ -71,12 +71,26 @@ def test_up_serves_health_and_docs_on_sqlite_and_the_filesystem_broker(up) -> No
     assert (data / "digits.db").is_file()
 
 
+def test_first_start_prints_an_admin_token_that_works(up) -> None:  # type: ignore[no-untyped-def]
+    _proc, url, data = up
+    token = (data / "admin-token").read_text().strip()
+    assert token.startswith("dgt_")
+    assert token in (data / "up.log").read_text()
+    assert (data / "admin-token").stat().st_mode & 0o077 == 0
+    me = httpx.get(url + "/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.json()["name"] == "admin"
+    assert me.json()["is_admin"] is True
+    assert httpx.get(url + "/api/v1/datasets").status_code == 401
+
+
 def test_digits_import_on_the_embedded_default(up, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    _proc, url, _data = up
+    _proc, url, data = up
     images, labels = digits_arrays()
     folder = write_class_folders(tmp_path / "digits", images, labels)
     archive = zip_folder(folder, tmp_path / "digits.zip", prefix="digits/")
-    with httpx.Client(base_url=url + "/api/v1", timeout=60) as client:
+    token = (data / "admin-token").read_text().strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url + "/api/v1", timeout=60, headers=headers) as client:
         resp = post_dataset(
             client,
             {"name": "digits", "image_width": 28, "image_height": 28, "channels": 1},

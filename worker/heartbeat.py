@@ -91,7 +91,8 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         ctx = context.get()
         try:
             with session_scope(ctx.sessions) as session:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
+from api.deps import get_current_user
 from shared import lr_policy
 from shared.errors import InvalidInput
 from shared.networks import CATALOG
 from shared.schemas.common import Problem
 from shared.schemas.jobs import LRParams, LRPolicy, LRPreview, NetworkRead
 
-router = APIRouter(tags=["catalog"])
+router = APIRouter(tags=["catalog"], dependencies=[Depends(get_current_user)])
 
 
 @router.get(

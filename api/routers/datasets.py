@@ -8,14 +8,14 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import Field
 
-from api.deps import CeleryDep, SessionDep, SettingsDep
+from api.deps import CeleryDep, CurrentUser, SessionDep, SettingsDep, get_current_user
 from shared import archives, dataset_store, queue, storage
 from shared.errors import DomainError, Forbidden, InvalidInput, NotFound, ServiceUnavailable
-from shared.models import Status
+from shared.models import Status, User
 from shared.schemas.common import PROBLEM_RESPONSES, Page, Problem
 from shared.schemas.datasets import DatasetOptions, DatasetRead, SamplePage, SampleRead, Split
 from shared.services import datasets as service
@@ -24,7 +24,7 @@ from shared.settings import Settings
 
 log = logging.getLogger("digits.api.datasets")
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], dependencies=[Depends(get_current_user)])
 
 PNG: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}}, "description": "A PNG image"}
@@ -159,6 +159,7 @@ _FILE_FIELDS = (
 def create_dataset(
     form: Annotated[DatasetCreateForm, Form(media_type="multipart/form-data")],
     session: SessionDep,
+    user: CurrentUser,
     settings: SettingsDep,
     celery: CeleryDep,
 ) -> DatasetRead:
@@ -179,7 +180,7 @@ def create_dataset(
             form.test_list,
             form.labels,
         )
-        dataset = service.create_dataset(session, dataset_id, opts, source)
+        dataset = service.create_dataset(session, dataset_id, opts, source, user)
         session.commit()
     except BaseException:
         upload.discard()
@@ -288,12 +289,13 @@ def _collect_sources(
 )
 def list_datasets(
     session: SessionDep,
+    user: CurrentUser,
     status: Annotated[Status | None, Query(description="Only datasets in this state")] = None,
     page: Annotated[int, Query(ge=1)] = 1,
     per_page: Annotated[int, Query(ge=1, le=200)] = 25,
 ) -> Page[DatasetRead]:
     """A page of datasets, newest first, optionally filtered by status."""
-    items, total = service.list_datasets(session, status=status, page=page, per_page=per_page)
+    items, total = service.list_datasets(session, user, status=status, page=page, per_page=per_page)
     return Page[DatasetRead](
         items=[service.to_read(d) for d in items], total=total, page=page, per_page=per_page
     )
@@ -306,9 +308,9 @@ def list_datasets(
     response_model=DatasetRead,
     responses={404: {"model": Problem}, 422: {"model": Problem}},
 )
-def get_dataset(dataset_id: uuid.UUID, session: SessionDep) -> DatasetRead:
+def get_dataset(dataset_id: uuid.UUID, session: SessionDep, user: CurrentUser) -> DatasetRead:
     """A dataset: classes, counts per split and class, image shape, size, import speed."""
-    return service.to_read(service.get_dataset(session, dataset_id))
+    return service.to_read(service.get_dataset(session, dataset_id, user))
 
 
 @router.delete(
@@ -318,9 +320,11 @@ def get_dataset(dataset_id: uuid.UUID, session: SessionDep) -> DatasetRead:
     summary="Delete a dataset",
     responses={404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem}},
 )
-def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> Response:
+def delete_dataset(
+    dataset_id: uuid.UUID, session: SessionDep, user: CurrentUser, settings: SettingsDep
+) -> Response:
     """Delete a dataset and its files; refused while jobs use it."""
-    dataset = service.prepare_delete(session, dataset_id)
+    dataset = service.prepare_delete(session, dataset_id, user)
     session.delete(dataset)
     session.commit()
     storage.remove_tree(storage.dataset_dir(settings, dataset_id))
@@ -328,8 +332,8 @@ def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, settings: Setting
     return Response(status_code=204)
 
 
-def _done_dir(session: SessionDep, settings: Settings, dataset_id: uuid.UUID) -> Path:
-    dataset = service.get_ready_dataset(session, dataset_id)
+def _done_dir(session: SessionDep, settings: Settings, dataset_id: uuid.UUID, user: User) -> Path:
+    dataset = service.get_ready_dataset(session, dataset_id, user)
     return storage.dataset_dir(settings, dataset.id)
 
 
@@ -340,9 +344,11 @@ def _done_dir(session: SessionDep, settings: Settings, dataset_id: uuid.UUID) ->
     response_class=Response,
     responses={**PNG, 404: {"model": Problem}, 409: {"model": Problem}},
 )
-def get_mean_image(dataset_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> Response:
+def get_mean_image(
+    dataset_id: uuid.UUID, session: SessionDep, user: CurrentUser, settings: SettingsDep
+) -> Response:
     """The mean training image as PNG (what mean subtraction removes)."""
-    folder = _done_dir(session, settings, dataset_id)
+    folder = _done_dir(session, settings, dataset_id, user)
     return Response(dataset_store.mean_png_bytes(folder), media_type="image/png")
 
 
@@ -357,6 +363,7 @@ def list_samples(
     request: Request,
     dataset_id: uuid.UUID,
     session: SessionDep,
+    user: CurrentUser,
     settings: SettingsDep,
     split: Split = "train",
     label: Annotated[int | None, Query(ge=0, description="Only this class index")] = None,
@@ -364,7 +371,7 @@ def list_samples(
     per_page: Annotated[int, Query(ge=1, le=200)] = 25,
 ) -> SamplePage:
     """DIGITS's explore view: the samples of a split, optionally of one class, with image URLs."""
-    dataset = service.get_ready_dataset(session, dataset_id)
+    dataset = service.get_ready_dataset(session, dataset_id, user)
     classes = dataset.classes or []
     if label is not None and label >= len(classes):
         raise InvalidInput(
@@ -411,10 +418,15 @@ def _reader(folder: Path, split: str) -> dataset_store.SplitReader:
     responses={**PNG, 404: {"model": Problem}, 409: {"model": Problem}},
 )
 def get_sample_image(
-    dataset_id: uuid.UUID, split: Split, index: int, session: SessionDep, settings: SettingsDep
+    dataset_id: uuid.UUID,
+    split: Split,
+    index: int,
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
 ) -> Response:
     """The stored (resized) image, exactly as training sees it, as PNG."""
-    folder = _done_dir(session, settings, dataset_id)
+    folder = _done_dir(session, settings, dataset_id, user)
     reader = _reader(folder, split)
     if not 0 <= index < len(reader):
         raise NotFound(

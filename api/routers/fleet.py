@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from api.deps import SessionDep, SettingsDep
+from api.deps import CurrentUser, SessionDep, SettingsDep, get_current_user
 from shared.schemas.fleet import GpuRead, QueueItem, QueueRead, WorkerRead
 from shared.services import fleet
 
-router = APIRouter(tags=["fleet"])
+router = APIRouter(tags=["fleet"], dependencies=[Depends(get_current_user)])
 
 
 @router.get(
@@ -57,9 +57,16 @@ def list_gpus(session: SessionDep, settings: SettingsDep) -> list[GpuRead]:
     summary="Waiting jobs and why they wait",
     response_model=QueueRead,
 )
-def get_queue(session: SessionDep, settings: SettingsDep) -> QueueRead:
-    """Waiting jobs in the order they will run, each with its position and reason."""
-    entries = fleet.queue(session, settings.worker_stale_after)
+def get_queue(session: SessionDep, settings: SettingsDep, user: CurrentUser) -> QueueRead:
+    """Waiting jobs in the order they will run, each with its position and reason.
+
+    Positions count every user's jobs; you see your own entries (an admin sees all).
+    """
+    entries = [
+        e
+        for e in fleet.queue(session, settings.worker_stale_after)
+        if user.is_admin or e.job.owner_id == user.id
+    ]
     items = [
         QueueItem(
             position=e.position,

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CeleryDep, SessionDep, SettingsDep
+from api.deps import CeleryDep, CurrentUser, SessionDep, SettingsDep, get_current_user
 from shared import queue, storage
 from shared.errors import Conflict, ServiceUnavailable
 from shared.models import Job, Status
@@ -35,7 +35,7 @@ from shared.services import jobs as service
 
 log = logging.getLogger("digits.api.jobs")
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(get_current_user)])
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem}, 422: {"model": Problem}}
 
@@ -81,9 +81,11 @@ def _enqueue(celery: CeleryDep, session: SessionDep, jobs: list[Job]) -> None:
     response_model=JobsCreated,
     responses={**PROBLEM_RESPONSES, 503: {"model": Problem}},
 )
-def create_job(body: JobCreate, session: SessionDep, celery: CeleryDep) -> JobsCreated:
+def create_job(
+    body: JobCreate, session: SessionDep, celery: CeleryDep, user: CurrentUser
+) -> JobsCreated:
     """Queue training; lists of learning rates / batch sizes make one job per combination."""
-    jobs = service.create_training_jobs(session, body)
+    jobs = service.create_training_jobs(session, body, user)
     session.commit()
     _enqueue(celery, session, jobs)
     log.info("jobs queued: %s", ", ".join(str(j.id) for j in jobs))
@@ -99,6 +101,7 @@ def create_job(body: JobCreate, session: SessionDep, celery: CeleryDep) -> JobsC
 )
 def list_jobs(
     session: SessionDep,
+    user: CurrentUser,
     status: Status | None = None,
     group: str | None = None,
     dataset_id: uuid.UUID | None = None,
@@ -107,7 +110,13 @@ def list_jobs(
 ) -> Page[JobRead]:
     """A page of jobs, newest first, filtered by status, group or dataset."""
     items, total = service.list_jobs(
-        session, status=status, group=group, dataset_id=dataset_id, page=page, per_page=per_page
+        session,
+        user,
+        status=status,
+        group=group,
+        dataset_id=dataset_id,
+        page=page,
+        per_page=per_page,
     )
     return Page[JobRead](
         items=[service.to_read(j) for j in items], total=total, page=page, per_page=per_page
@@ -121,9 +130,11 @@ def list_jobs(
     response_model=JobRead,
     responses=NOT_FOUND,
 )
-def get_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> JobRead:
+def get_job(
+    job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, user: CurrentUser
+) -> JobRead:
     """A job: its request, status history, progress, ETA, worker, best and last metrics."""
-    job = service.get_job(session, job_id)
+    job = service.get_job(session, job_id, user)
     read = service.to_read(job)
     if job.status == Status.WAITING.value:
         entry = fleet.queue_entry(session, job.id, settings.worker_stale_after)
@@ -139,9 +150,11 @@ def get_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> Jo
     response_model=JobRead,
     responses=NOT_FOUND,
 )
-def update_job(job_id: uuid.UUID, body: JobUpdate, session: SessionDep) -> JobRead:
+def update_job(
+    job_id: uuid.UUID, body: JobUpdate, session: SessionDep, user: CurrentUser
+) -> JobRead:
     """Change name, notes or group (the stored request follows, so clones keep them)."""
-    job = service.update_job(session, job_id, body)
+    job = service.update_job(session, job_id, body, user)
     session.commit()
     return service.to_read(job)
 
@@ -153,9 +166,9 @@ def update_job(job_id: uuid.UUID, body: JobUpdate, session: SessionDep) -> JobRe
     response_model=JobRead,
     responses={**NOT_FOUND, 409: {"model": Problem}},
 )
-def abort_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
+def abort_job(job_id: uuid.UUID, session: SessionDep, user: CurrentUser) -> JobRead:
     """Stop a job at its next step; what it saved is kept and its worker takes the next job."""
-    job = service.request_abort(session, job_id)
+    job = service.request_abort(session, job_id, user)
     session.commit()
     return service.to_read(job)
 
@@ -169,10 +182,14 @@ def abort_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
     responses={**PROBLEM_RESPONSES, 503: {"model": Problem}},
 )
 def clone_job(
-    job_id: uuid.UUID, session: SessionDep, celery: CeleryDep, body: JobClone | None = None
+    job_id: uuid.UUID,
+    session: SessionDep,
+    celery: CeleryDep,
+    user: CurrentUser,
+    body: JobClone | None = None,
 ) -> JobsCreated:
     """A new job from the stored request; given fields (and hyperparameters) override it."""
-    jobs = service.clone_job(session, job_id, body or JobClone())
+    jobs = service.clone_job(session, job_id, body or JobClone(), user)
     session.commit()
     _enqueue(celery, session, jobs)
     return JobsCreated(jobs=[service.to_read(j) for j in jobs], group=jobs[0].group_name)
@@ -185,11 +202,13 @@ def clone_job(
     summary="Delete a job",
     responses={**NOT_FOUND, 409: {"model": Problem}},
 )
-def delete_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> Response:
+def delete_job(
+    job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, user: CurrentUser
+) -> Response:
     """Abort the job if it runs, then remove it with its metrics, checkpoints and files."""
-    job = service.get_job(session, job_id)
+    job = service.get_job(session, job_id, user)
     if Status(job.status).is_running:
-        service.request_abort(session, job_id)
+        service.request_abort(session, job_id, user)
         session.commit()
         deadline = time.monotonic() + 15
         while Status(job.status).is_running and time.monotonic() < deadline:
@@ -215,12 +234,13 @@ def delete_job(job_id: uuid.UUID, session: SessionDep, settings: SettingsDep) ->
 def get_metrics(
     job_id: uuid.UUID,
     session: SessionDep,
+    user: CurrentUser,
     names: Annotated[str | None, Query(description="Comma-separated series names")] = None,
     since: Annotated[int, Query(ge=0, description="Only points after this cursor")] = 0,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> MetricsRead:
     """Named series (train.loss, val.accuracy, ...), oldest first; resume with `since`."""
-    service.get_job(session, job_id)
+    service.get_job(session, job_id, user)
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
     points = service.metrics(session, job_id, names=wanted, since=since, limit=limit)
     return MetricsRead(
@@ -239,9 +259,11 @@ def get_metrics(
     response_model=list[CheckpointRead],
     responses=NOT_FOUND,
 )
-def list_checkpoints(job_id: uuid.UUID, session: SessionDep) -> list[CheckpointRead]:
+def list_checkpoints(
+    job_id: uuid.UUID, session: SessionDep, user: CurrentUser
+) -> list[CheckpointRead]:
     """Snapshots by epoch, plus `best` and `last`."""
-    service.get_job(session, job_id)
+    service.get_job(session, job_id, user)
     return [
         CheckpointRead(
             name=c.name,
@@ -265,11 +287,12 @@ def list_checkpoints(job_id: uuid.UUID, session: SessionDep) -> list[CheckpointR
 def get_logs(
     job_id: uuid.UUID,
     session: SessionDep,
+    user: CurrentUser,
     settings: SettingsDep,
     tail: Annotated[int | None, Query(ge=1, le=100_000, description="Last N lines")] = None,
 ) -> PlainTextResponse:
     """The training log as text."""
-    service.get_job(session, job_id)
+    service.get_job(session, job_id, user)
     path: Path = storage.job_dir(settings, job_id) / "job.log"
     text = path.read_text(errors="replace") if path.exists() else ""
     if tail is not None:
@@ -287,6 +310,7 @@ def get_logs(
 async def stream_events(
     job_id: uuid.UUID,
     request: Request,
+    user: CurrentUser,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     since: Annotated[int | None, Query(ge=0, description="Same as Last-Event-ID")] = None,
 ) -> StreamingResponse:
@@ -295,7 +319,7 @@ async def stream_events(
 
     def _load(after: int) -> tuple[list[tuple[int, str, str]], bool]:
         with factory() as session:
-            job = service.get_job(session, job_id)
+            job = service.get_job(session, job_id, user)
             events = service.latest_events(session, job_id, after)
             final = Status(job.status).is_final
             return [(e.id, e.kind, json.dumps(e.data)) for e in events], final

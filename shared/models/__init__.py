@@ -4,9 +4,11 @@ from shared.models.dataset import Dataset
 from shared.models.enums import JobKind, ResizeMode, Status
 from shared.models.job import Job
 from shared.models.metrics import Checkpoint, JobEvent, MetricPoint
+from shared.models.user import ApiToken, User
 from shared.models.worker import Worker
 
 __all__ = [
+    "ApiToken",
     "Checkpoint",
     "Dataset",
     "Job",
@@ -15,5 +17,6 @@ __all__ = [
     "MetricPoint",
     "ResizeMode",
     "Status",
+    "User",
     "Worker",
 ]

@@ -10,17 +10,22 @@ from sqlalchemy.orm import Session
 
 from shared.db import utcnow
 from shared.errors import Conflict, NotFound
-from shared.models import Dataset, Job, Status
+from shared.models import Dataset, Job, Status, User
 from shared.schemas.datasets import DatasetOptions, DatasetRead, SplitSummary
 from shared.services.states import transition
 
 
 def create_dataset(
-    session: Session, dataset_id: uuid.UUID, options: DatasetOptions, source: dict[str, Any]
+    session: Session,
+    dataset_id: uuid.UUID,
+    options: DatasetOptions,
+    source: dict[str, Any],
+    owner: User,
 ) -> Dataset:
     """Insert a dataset in `waiting`; the caller commits, then enqueues its import."""
     dataset = Dataset(
         id=dataset_id,
+        owner_id=owner.id,
         name=options.name,
         group_name=options.group,
         status=Status.INITIALIZED.value,
@@ -38,17 +43,22 @@ def create_dataset(
     return dataset
 
 
-def get_dataset(session: Session, dataset_id: uuid.UUID) -> Dataset:
-    """The dataset, or NotFound."""
+def visible(user: User, owner_id: uuid.UUID | None) -> bool:
+    """Admins see everything; others see what they own."""
+    return user.is_admin or owner_id == user.id
+
+
+def get_dataset(session: Session, dataset_id: uuid.UUID, user: User) -> Dataset:
+    """The dataset, or NotFound (also for another user's dataset)."""
     dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
+    if dataset is None or not visible(user, dataset.owner_id):
         raise NotFound(f"dataset {dataset_id} does not exist", code="dataset_not_found")
     return dataset
 
 
-def get_ready_dataset(session: Session, dataset_id: uuid.UUID) -> Dataset:
+def get_ready_dataset(session: Session, dataset_id: uuid.UUID, user: User) -> Dataset:
     """The dataset if its import is done, else a 409 that says where it stands."""
-    dataset = get_dataset(session, dataset_id)
+    dataset = get_dataset(session, dataset_id, user)
     if dataset.status != Status.DONE.value:
         raise Conflict(
             f"dataset {dataset_id} is {dataset.status}, not done", code="dataset_not_ready"
@@ -57,11 +67,14 @@ def get_ready_dataset(session: Session, dataset_id: uuid.UUID) -> Dataset:
 
 
 def list_datasets(
-    session: Session, *, status: Status | None, page: int, per_page: int
+    session: Session, user: User, *, status: Status | None, page: int, per_page: int
 ) -> tuple[list[Dataset], int]:
-    """A page of datasets, newest first, and the total matching count."""
+    """A page of the user's datasets (all for admins), newest first, and the total count."""
     query = select(Dataset)
     count = select(func.count()).select_from(Dataset)
+    if not user.is_admin:
+        query = query.where(Dataset.owner_id == user.id)
+        count = count.where(Dataset.owner_id == user.id)
     if status is not None:
         query = query.where(Dataset.status == status.value)
         count = count.where(Dataset.status == status.value)
@@ -70,9 +83,9 @@ def list_datasets(
     return items, int(session.scalar(count) or 0)
 
 
-def prepare_delete(session: Session, dataset_id: uuid.UUID) -> Dataset:
+def prepare_delete(session: Session, dataset_id: uuid.UUID, user: User) -> Dataset:
     """Refuse while jobs use the dataset (as DIGITS did); abort an import in flight."""
-    dataset = get_dataset(session, dataset_id)
+    dataset = get_dataset(session, dataset_id, user)
     users = session.scalar(
         select(func.count()).select_from(Job).where(Job.dataset_id == dataset_id)
     )

@@ -20,7 +20,16 @@ from sqlalchemy.orm import Session
 from shared import networks
 from shared.db import utcnow
 from shared.errors import Conflict, InvalidInput, NotFound
-from shared.models import Checkpoint, Dataset, Job, JobEvent, JobKind, MetricPoint, Status
+from shared.models import (
+    Checkpoint,
+    Dataset,
+    Job,
+    JobEvent,
+    JobKind,
+    MetricPoint,
+    Status,
+    User,
+)
 from shared.schemas.jobs import (
     CustomNetwork,
     Hyperparameters,
@@ -86,7 +95,7 @@ def finish_job(
 
 
 def _check_network(
-    session: Session, network: Any, dataset: Dataset, hyper: Hyperparameters
+    session: Session, network: Any, dataset: Dataset, hyper: Hyperparameters, user: User
 ) -> None:
     """Refuse a network that cannot run on this dataset, before anything is queued."""
     height, width = dataset.image_height, dataset.image_width
@@ -114,7 +123,11 @@ def _check_network(
             ) from exc
     elif isinstance(network, PreviousNetwork):
         source = session.get(Job, network.job_id)
-        if source is None or source.kind != JobKind.TRAIN.value:
+        if (
+            source is None
+            or source.kind != JobKind.TRAIN.value
+            or not dataset_service.visible(user, source.owner_id)
+        ):
             raise NotFound(f"previous job {network.job_id} does not exist", code="job_not_found")
         name = (
             f"epoch-{network.checkpoint}"
@@ -142,9 +155,9 @@ def _check_network(
                 raise InvalidInput(f"previous network: {exc}", code="invalid_network") from exc
 
 
-def create_training_jobs(session: Session, data: JobCreate) -> list[Job]:
+def create_training_jobs(session: Session, data: JobCreate, user: User) -> list[Job]:
     """Validate a submission and insert one waiting job per sweep combination."""
-    dataset = dataset_service.get_ready_dataset(session, data.dataset_id)
+    dataset = dataset_service.get_ready_dataset(session, data.dataset_id, user)
     raw = data.hyperparameters.model_dump(mode="json")
     lrs = raw["learning_rate"] if isinstance(raw["learning_rate"], list) else [raw["learning_rate"]]
     bss = raw["batch_size"] if isinstance(raw["batch_size"], list) else [raw["batch_size"]]
@@ -160,7 +173,7 @@ def create_training_jobs(session: Session, data: JobCreate) -> list[Job]:
             )
         except ValidationError as exc:  # pragma: no cover - the sweep model checked the values
             raise InvalidInput(str(exc), code="invalid_hyperparameters") from exc
-        _check_network(session, data.network, dataset, hyper)
+        _check_network(session, data.network, dataset, hyper, user)
         name = data.name
         if sweep:
             name = (
@@ -177,6 +190,7 @@ def create_training_jobs(session: Session, data: JobCreate) -> list[Job]:
         }
         job = Job(
             kind=JobKind.TRAIN.value,
+            owner_id=user.id,
             name=name,
             group_name=group,
             notes=data.notes,
@@ -196,16 +210,17 @@ def create_training_jobs(session: Session, data: JobCreate) -> list[Job]:
     return jobs
 
 
-def get_job(session: Session, job_id: uuid.UUID) -> Job:
-    """The job, or NotFound."""
+def get_job(session: Session, job_id: uuid.UUID, user: User) -> Job:
+    """The job, or NotFound (also for another user's job)."""
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or not dataset_service.visible(user, job.owner_id):
         raise NotFound(f"job {job_id} does not exist", code="job_not_found")
     return job
 
 
 def list_jobs(
     session: Session,
+    user: User,
     *,
     status: Status | None = None,
     group: str | None = None,
@@ -214,7 +229,7 @@ def list_jobs(
     per_page: int = 25,
 ) -> tuple[list[Job], int]:
     """A page of jobs, newest first, with the total count of the filter."""
-    conditions = []
+    conditions = [] if user.is_admin else [Job.owner_id == user.id]
     if status is not None:
         conditions.append(Job.status == status.value)
     if group is not None:
@@ -227,9 +242,9 @@ def list_jobs(
     return items, int(total)
 
 
-def update_job(session: Session, job_id: uuid.UUID, data: JobUpdate) -> Job:
+def update_job(session: Session, job_id: uuid.UUID, data: JobUpdate, user: User) -> Job:
     """Rename, annotate or regroup a job; the stored request follows, so clones keep it."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, user)
     changes = data.model_dump(exclude_unset=True)
     request = dict(job.request)
     if "name" in changes and changes["name"] is not None:
@@ -243,9 +258,9 @@ def update_job(session: Session, job_id: uuid.UUID, data: JobUpdate) -> Job:
     return job
 
 
-def request_abort(session: Session, job_id: uuid.UUID) -> Job:
+def request_abort(session: Session, job_id: uuid.UUID, user: User) -> Job:
     """Abort: a waiting job ends at once; a running one stops at its next step."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, user)
     status = Status(job.status)
     if status.is_final:
         raise Conflict(f"job {job_id} is already {status.value}", code="job_finished")
@@ -258,9 +273,9 @@ def request_abort(session: Session, job_id: uuid.UUID) -> Job:
     return job
 
 
-def clone_job(session: Session, job_id: uuid.UUID, data: JobClone) -> list[Job]:
+def clone_job(session: Session, job_id: uuid.UUID, data: JobClone, user: User) -> list[Job]:
     """A new job from the stored request, with overrides."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, user)
     request = dict(job.request)
     overrides = data.model_dump(exclude_unset=True, mode="json")
     hyper = dict(request.get("hyperparameters", {}))
@@ -275,7 +290,7 @@ def clone_job(session: Session, job_id: uuid.UUID, data: JobClone) -> list[Job]:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidInput(f"clone: {where}: {first['msg']}", code="invalid_clone") from exc
-    return create_training_jobs(session, create)
+    return create_training_jobs(session, create, user)
 
 
 def latest_events(

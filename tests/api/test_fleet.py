@@ -38,6 +38,7 @@ def fleet(
 
     migrate.upgrade(Settings(database_url=url))
     stack = Stack(env=env, logs=tmp_path_factory.mktemp("logs-fleet"))
+    stack.create_admin()
     try:
         stack.start_api()
         stack.start_worker("cpu-fleet", "--queues", "cpu")
@@ -148,7 +149,9 @@ def test_job_for_a_missing_worker_waits_with_that_reason_then_starts_when_it_app
 
 def test_prometheus_metrics_match_the_rest_endpoints(fleet) -> None:  # type: ignore[no-untyped-def]
     stack, _ = fleet
-    text = httpx.get(stack.url + "/metrics").text
+    text = httpx.get(
+        stack.url + "/metrics", headers={"Authorization": f"Bearer {stack.token}"}
+    ).text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     with stack.client() as client:
         for state in ("done", "waiting", "running", "error"):

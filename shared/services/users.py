@@ -1,0 +1,123 @@
+"""Users and API tokens: creation, authentication, revocation."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared.db import utcnow
+from shared.errors import Conflict, DomainError, InvalidInput, NotFound
+from shared.models import ApiToken, User
+
+TOKEN_PREFIX = "dgt_"
+NAME_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")  # DIGITS's username rule
+
+
+class Unauthorized(DomainError):
+    status = 401
+    code = "unauthorized"
+    title = "Unauthorized"
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 of a token (tokens are 256-bit random, so a fast hash is the right one)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_user(session: Session, name: str, *, is_admin: bool = False) -> User:
+    """A new user; names follow DIGITS's rule (lower case, digits, . _ -)."""
+    if not NAME_RE.match(name):
+        raise InvalidInput(
+            f"user name {name!r} must start with a letter and use a-z, 0-9, '.', '_' or '-'",
+            code="invalid_user_name",
+        )
+    if session.scalar(select(User.id).where(User.name == name)) is not None:
+        raise Conflict(f"user {name!r} exists", code="user_exists")
+    user = User(name=name, is_admin=is_admin)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def get_user_by_name(session: Session, name: str) -> User:
+    """The user, or NotFound."""
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise NotFound(f"user {name!r} does not exist", code="user_not_found")
+    return user
+
+
+def create_token(session: Session, user: User, name: str = "default") -> tuple[ApiToken, str]:
+    """A new token for `user`; returns the row and the token, which is not stored."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(
+        user_id=user.id, name=name[:100], token_hash=hash_token(token), prefix=token[:12]
+    )
+    session.add(row)
+    session.flush()
+    return row, token
+
+
+def authenticate(session: Session, authorization: str | None) -> User:
+    """The user of an `Authorization: Bearer` header; 401 for missing, malformed or revoked."""
+    if not authorization:
+        raise Unauthorized(
+            "send `Authorization: Bearer <token>`; create one with `digits token create USER`",
+            code="missing_token",
+        )
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX) or " " in token:
+        raise Unauthorized(
+            "the Authorization header must be `Bearer dgt_...`", code="malformed_token"
+        )
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+    if row is None:
+        raise Unauthorized("unknown token", code="invalid_token")
+    if row.revoked_at is not None:
+        raise Unauthorized("this token was revoked", code="revoked_token")
+    user = session.get(User, row.user_id)
+    if user is None or user.disabled:
+        raise Unauthorized("this token's user is disabled", code="invalid_token")
+    now = utcnow()
+    last = row.last_used_at
+    if (
+        last is None
+        or (now - (last if last.tzinfo else last.replace(tzinfo=now.tzinfo))).total_seconds() > 60
+    ):
+        row.last_used_at = now  # at most once a minute: no write per request
+    return user
+
+
+def list_tokens(session: Session, user: User) -> list[ApiToken]:
+    """The user's tokens (never the secrets)."""
+    return list(
+        session.scalars(
+            select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.created_at)
+        )
+    )
+
+
+def revoke_token(session: Session, user: User, token_id: uuid.UUID) -> ApiToken:
+    """Revoke one of the user's tokens (an admin may revoke any)."""
+    row = session.get(ApiToken, token_id)
+    if row is None or (row.user_id != user.id and not user.is_admin):
+        raise NotFound(f"token {token_id} does not exist", code="token_not_found")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    session.flush()
+    return row
+
+
+def ensure_admin(session: Session) -> str | None:
+    """On a fresh install, create user `admin` and return its first token (else None)."""
+    if session.scalar(select(func.count()).select_from(User)):
+        return None
+    admin = create_user(session, "admin", is_admin=True)
+    _, token = create_token(session, admin, "first start")
+    return token
