@@ -223,14 +223,14 @@ def _cmd_token(args: argparse.Namespace) -> int:
         else:
             from shared.models import ApiToken, User
 
-            row = session.get(ApiToken, _uuid.UUID(args.token_id))
-            if row is None:
+            found = session.get(ApiToken, _uuid.UUID(args.token_id))
+            if found is None:
                 print(f"error: no token {args.token_id}", file=sys.stderr)
                 return 1
-            admin = session.get(User, row.user_id)
-            assert admin is not None
-            users.revoke_token(session, admin, row.id)
-            print(f"token {row.id} revoked")
+            owner = session.get(User, found.user_id)
+            assert owner is not None
+            users.revoke_token(session, owner, found.id)
+            print(f"token {found.id} revoked")
     engine.dispose()
     return 0
 
