@@ -6,11 +6,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware
-from api.routers import catalog, datasets, fleet, health, jobs, prometheus, users
+from api.routers import catalog, datasets, fleet, health, jobs, models, prometheus, users
 from shared.db import make_engine, make_session_factory
 from shared.logging import configure_logging
 from shared.queue import create_celery
@@ -38,6 +39,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)
         app.state.celery = create_celery(settings)
+        app.state.model_client = httpx.AsyncClient(
+            base_url=settings.resolved_model_server_url, timeout=httpx.Timeout(60, connect=3)
+        )
         logging.getLogger("digits.api").info(
             "api ready database=%s broker=%s",
             engine.url.render_as_string(hide_password=True),
@@ -46,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.model_client.aclose()
             engine.dispose()
 
     app = FastAPI(
@@ -66,5 +71,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(catalog.router, prefix=API_PREFIX)
     app.include_router(fleet.router, prefix=API_PREFIX)
     app.include_router(users.router, prefix=API_PREFIX)
+    app.include_router(models.router, prefix=API_PREFIX)
     app.include_router(prometheus.router)
     return app

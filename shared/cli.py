@@ -107,6 +107,18 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_model_server(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    from urllib.parse import urlparse
+
+    from worker.model_server import serve
+
+    url = urlparse(settings.resolved_model_server_url)
+    serve(settings, args.host or url.hostname or "127.0.0.1", args.port or url.port or 8001)
+    return 0
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -133,8 +145,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
     _first_start_token(settings)
     env = {**os.environ, "DIGITS_DATA_DIR": str(settings.resolved_data_dir)}
     me = [sys.executable, "-m", "shared.cli"]
+    env.setdefault("DIGITS_MODEL_SERVER_URL", f"http://127.0.0.1:{port + 1}")
     procs: list[subprocess.Popen[bytes]] = [
         subprocess.Popen([*me, "api", "--host", host, "--port", str(port)], env=env),
+        subprocess.Popen([*me, "model-server"], env=env),
         subprocess.Popen(
             [*me, "worker", "--queues", "cpu", "--name", f"cpu@{socket.gethostname()}"], env=env
         ),
@@ -270,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host")
     api.add_argument("--port", type=int)
     api.set_defaults(func=_cmd_api)
+
+    model_server = sub.add_parser(
+        "model-server", help="run the model service (interactive classify, export)"
+    )
+    model_server.add_argument("--host", help="default: from DIGITS_MODEL_SERVER_URL")
+    model_server.add_argument("--port", type=int, help="default: from DIGITS_MODEL_SERVER_URL")
+    model_server.set_defaults(func=_cmd_model_server)
 
     worker = sub.add_parser("worker", help="run a Celery worker")
     pin = worker.add_mutually_exclusive_group()

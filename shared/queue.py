@@ -16,10 +16,14 @@ TRAIN_QUEUE = "train"
 
 IMPORT_DATASET = "digits.import_dataset"
 TRAIN = "digits.train"
+INFER = "digits.infer"
+EVALUATE = "digits.evaluate"
 
 TASK_ROUTES = {
     IMPORT_DATASET: {"queue": CPU_QUEUE},
     TRAIN: {"queue": TRAIN_QUEUE},
+    INFER: {"queue": CPU_QUEUE},
+    EVALUATE: {"queue": CPU_QUEUE},
 }
 
 
@@ -95,3 +99,9 @@ def send_train(app: Celery, job_id: uuid.UUID, worker: str | None = None) -> Non
     """Queue training: the shared `train` queue, or one worker's own queue when it asks for one."""
     target = worker_queue(worker) if worker else TRAIN_QUEUE
     app.send_task(TRAIN, args=[str(job_id)], queue=target, routing_key=target)
+
+
+def send_task(app: Celery, name: str, job_id: uuid.UUID) -> None:
+    """Queue a model job (inference, evaluation) on its route's queue."""
+    target = TASK_ROUTES[name]["queue"]
+    app.send_task(name, args=[str(job_id)], queue=target, routing_key=target)

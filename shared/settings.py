@@ -33,6 +33,15 @@ class Settings(BaseSettings):
     archive_max_total_bytes: int = 20 * 1024**3
     import_workers: int = 0
     log_level: str = "INFO"
+    model_server_url: str = Field(
+        default="", description="The model service (classify, export); default 127.0.0.1:PORT+1"
+    )
+    model_server_device: str = Field(default="", description="cpu, cuda; default: cuda if any")
+    model_server_threads: int = Field(default=0, ge=0, description="torch threads; 0 = cores")
+    model_cache_size: int = Field(default=8, ge=1, description="models kept warm")
+    classify_max_images: int = Field(
+        default=32, ge=1, description="more images than this make an inference job (202)"
+    )
     heartbeat_interval: float = Field(default=5.0, gt=0, description="worker heartbeat, seconds")
     telemetry_interval: float = Field(default=1.0, gt=0, description="GPU/process sampling, s")
     worker_stale_after: float = Field(
@@ -63,6 +72,11 @@ class Settings(BaseSettings):
                 url = "postgresql+psycopg://" + url[len("postgresql://") :]
             return url
         return f"sqlite:///{self.resolved_data_dir / 'digits.db'}"
+
+    @property
+    def resolved_model_server_url(self) -> str:
+        """Where the API reaches the model service."""
+        return self.model_server_url or f"http://127.0.0.1:{self.port + 1}"
 
     @property
     def is_embedded_broker(self) -> bool:

@@ -77,3 +77,8 @@ def tree_size(path: Path) -> int:
 def job_dir(settings: Settings, job_id: uuid.UUID) -> Path:
     """The folder of one job: its log and checkpoints."""
     return settings.resolved_data_dir / "jobs" / str(job_id)
+
+
+def pretrained_dir(settings: Settings, model_id: uuid.UUID) -> Path:
+    """The folder of one pretrained model."""
+    return settings.resolved_data_dir / "pretrained" / str(model_id)

@@ -6,12 +6,13 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import redis
 
-from tests.support import Stack
+from tests.support import LENET, Stack, free_port, sse_events, submit, wait_for
 
 PG_ADMIN = os.environ.get("DIGITS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("DIGITS_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -74,6 +75,7 @@ def pg_env(
         "DIGITS_MAX_UPLOAD_BYTES": str(8 * 1024 * 1024),
         "DIGITS_MAX_IMAGE_PIXELS": str(4_000_000),
         "DIGITS_LOG_LEVEL": "INFO",
+        "DIGITS_MODEL_SERVER_URL": f"http://127.0.0.1:{free_port()}",
     }
     return env
 
@@ -91,6 +93,7 @@ def pg_stack(pg_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
         stack.start_api()
         stack.start_worker("cpu-test-1", "--queues", "cpu")
         stack.start_worker("train-test-1", "--cpu")
+        stack.start_model_server()
         yield stack
     finally:
         stack.stop()
@@ -132,3 +135,22 @@ def digits_dataset(pg_stack: Stack, digits_zip: Path) -> dict:
         assert resp.status_code == 202, resp.text
         assert resp.json()["status"] == "waiting"
         return wait_for(client, f"/datasets/{resp.json()['id']}")
+
+
+@pytest.fixture(scope="session")
+def lenet_job(pg_stack: Stack, digits_dataset: dict) -> dict[str, Any]:
+    """LeNet on digits, followed from submission by an SSE client."""
+    with pg_stack.client() as client:
+        job = submit(
+            client,
+            {
+                "dataset_id": digits_dataset["id"],
+                "name": "lenet-digits",
+                "network": "lenet",
+                "hyperparameters": LENET,
+            },
+        )[0]
+        assert job["status"] == "waiting"
+        events = sse_events(client, job["id"])
+        final = wait_for(client, f"/jobs/{job['id']}", timeout=300)
+    return {"job": final, "events": events}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -68,6 +69,20 @@ class Stack:
                 pass
             time.sleep(0.2)
         raise RuntimeError("API did not start:\n" + self.log("api"))
+
+    def start_model_server(self) -> None:
+        """The model service, on its own free port (DIGITS_MODEL_SERVER_URL tells the API)."""
+        port = int(self.env["DIGITS_MODEL_SERVER_URL"].rsplit(":", 1)[1])
+        self._spawn("model-server", "model-server")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError("model service did not start:\n" + self.log("model-server"))
 
     def start_worker(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         """A worker subprocess: `--queues cpu` for dataset work, `--cpu` to train."""
@@ -196,3 +211,42 @@ def post_dataset(
     """POST /datasets as multipart: options as form fields, files as uploads."""
     data = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items()}
     return client.post("/datasets", data=data, files=files)
+
+
+LENET = {
+    "epochs": 12,
+    "batch_size": 32,
+    "learning_rate": 0.05,
+    "lr_policy": "step",
+    "lr_params": {"step_size": 50, "gamma": 0.1},
+    "seed": 7,
+}
+
+
+def submit(client: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
+    resp = client.post("/jobs", json=body)
+    assert resp.status_code == 202, resp.text
+    return resp.json()["jobs"]
+
+
+def sse_events(
+    client: httpx.Client, job_id: str, last_id: int | None = None, stop_after: int | None = None
+) -> list[tuple[int, str, dict]]:
+    """Read the job's SSE stream until it ends (or after `stop_after` events)."""
+    headers = {"Last-Event-ID": str(last_id)} if last_id is not None else {}
+    events: list[tuple[int, str, dict]] = []
+    with client.stream("GET", f"/jobs/{job_id}/events", headers=headers, timeout=120) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        event: dict[str, str] = {}
+        for line in resp.iter_lines():
+            if line == "":
+                if "id" in event:
+                    events.append((int(event["id"]), event["event"], json.loads(event["data"])))
+                    if stop_after is not None and len(events) >= stop_after:
+                        break
+                event = {}
+            elif not line.startswith(":"):
+                key, _, value = line.partition(": ")
+                event[key] = value
+    return events

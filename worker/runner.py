@@ -95,7 +95,21 @@ def _plan(session: Any, settings: Settings, job: Job) -> dict[str, Any]:
     request = job.request
     network = dict(request["network"])
     init_checkpoint = None
-    if network["kind"] == "previous":
+    if network["kind"] == "pretrained":
+        from shared.models import PretrainedModel
+
+        model = session.get(PretrainedModel, uuid.UUID(network["model_id"]))
+        init = storage.pretrained_dir(settings, model.id) / "init.pt" if model else None
+        if model is None or init is None or not init.exists():
+            raise ValueError("the pretrained model is gone")
+        init_checkpoint = str(init)
+        network = dict(model.network)
+        if network.get("kind") == "custom" and network.get("layers"):
+            last = dict(network["layers"][-1])
+            if last.get("type") == "linear":
+                last["out_features"] = None
+                network["layers"] = [*network["layers"][:-1], last]
+    elif network["kind"] == "previous":
         source = session.get(Job, uuid.UUID(network["job_id"]))
         ckpt = network["checkpoint"]
         name = f"epoch-{ckpt}" if isinstance(ckpt, int) else ckpt

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from shared.archives import UnsafeArchive
 from shared.db import session_scope
 from shared.models import Dataset, Status
-from shared.queue import IMPORT_DATASET, TRAIN
+from shared.queue import EVALUATE, IMPORT_DATASET, INFER, TRAIN
 from shared.services.states import claim, finish
 from worker import context
 from worker.datasets.importer import DatasetImportError, ImportAborted
@@ -123,3 +123,19 @@ def train(job_id: str) -> None:
     from worker.runner import run_job
 
     run_job(uuid.UUID(job_id))
+
+
+@shared_task(name=INFER, ignore_result=True)
+def infer(job_id: str) -> None:
+    """Classify a batch of images as a job."""
+    from worker.model_jobs import run_inference
+
+    run_inference(uuid.UUID(job_id))
+
+
+@shared_task(name=EVALUATE, ignore_result=True)
+def evaluate(job_id: str) -> None:
+    """Evaluate a trained model on labelled data as a job."""
+    from worker.model_jobs import run_evaluation
+
+    run_evaluation(uuid.UUID(job_id))

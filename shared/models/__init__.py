@@ -4,6 +4,7 @@ from shared.models.dataset import Dataset
 from shared.models.enums import JobKind, ResizeMode, Status
 from shared.models.job import Job
 from shared.models.metrics import Checkpoint, JobEvent, MetricPoint
+from shared.models.pretrained import PretrainedModel
 from shared.models.user import ApiToken, User
 from shared.models.worker import Worker
 
@@ -15,6 +16,7 @@ __all__ = [
     "JobEvent",
     "JobKind",
     "MetricPoint",
+    "PretrainedModel",
     "ResizeMode",
     "Status",
     "User",

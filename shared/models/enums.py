@@ -28,6 +28,8 @@ class JobKind(StrEnum):
     """What a job does."""
 
     TRAIN = "train"
+    INFERENCE = "inference"
+    EVALUATE = "evaluate"
 
 
 class ResizeMode(StrEnum):

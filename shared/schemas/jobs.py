@@ -45,8 +45,16 @@ class PreviousNetwork(_Strict):
     )
 
 
+class PretrainedNetwork(_Strict):
+    """Start from an uploaded (or converted) pretrained model; a new head when classes differ."""
+
+    kind: Literal["pretrained"] = "pretrained"
+    model_id: uuid.UUID
+
+
 NetworkSpec = Annotated[
-    StandardNetwork | CustomNetwork | PreviousNetwork, Field(discriminator="kind")
+    StandardNetwork | CustomNetwork | PreviousNetwork | PretrainedNetwork,
+    Field(discriminator="kind"),
 ]
 
 
@@ -294,7 +302,7 @@ class NetworkRead(BaseModel):
     """A network a job may use."""
 
     name: str
-    kind: Literal["standard", "custom", "previous"]
+    kind: Literal["standard", "custom", "previous", "pretrained"]
     family: str
     description: str
     default_batch_size: int | None

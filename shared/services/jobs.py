@@ -38,6 +38,7 @@ from shared.schemas.jobs import (
     JobRead,
     JobUpdate,
     MetricValue,
+    PretrainedNetwork,
     PreviousNetwork,
     StandardNetwork,
 )
@@ -121,6 +122,27 @@ def _check_network(
                 code="invalid_network",
                 extra={"layer": exc.index, "layer_type": exc.layer_type},
             ) from exc
+    elif isinstance(network, PretrainedNetwork):
+        from shared.models import PretrainedModel
+
+        model = session.get(PretrainedModel, network.model_id)
+        if model is None or not dataset_service.visible(user, model.owner_id):
+            raise NotFound(
+                f"pretrained model {network.model_id} does not exist",
+                code="pretrained_model_not_found",
+            )
+        if model.image_channels != dataset.image_channels:
+            raise InvalidInput(
+                f"pretrained model {model.id} takes {model.image_channels}-channel images; "
+                f"this dataset has {dataset.image_channels}",
+                code="invalid_network",
+            )
+        base = dict(model.network)
+        if base.get("kind") == "standard":
+            try:
+                networks.check_standard(base["name"], dataset.image_channels, height, width)
+            except ValueError as exc:
+                raise InvalidInput(str(exc), code="invalid_network") from exc
     elif isinstance(network, PreviousNetwork):
         source = session.get(Job, network.job_id)
         if (

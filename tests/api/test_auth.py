@@ -34,8 +34,9 @@ def _walk(routes: list[Any], prefix: str = "") -> list[tuple[str, str]]:
 def _routes() -> list[tuple[str, str]]:
     """Every (method, path) the app serves, listed from the app itself."""
     app = create_app(Settings())
-    return [(m, p) for m, p in _walk(app.routes)
-            if m not in ("HEAD", "OPTIONS") and p not in PUBLIC]
+    return [
+        (m, p) for m, p in _walk(app.routes) if m not in ("HEAD", "OPTIONS") and p not in PUBLIC
+    ]
 
 
 def _fill(path: str) -> str:

@@ -2,72 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
-import httpx
 import pytest
 
 from shared.lr_policy import lr_at
-from tests.support import Stack, wait_for
-
-LENET = {
-    "epochs": 12,
-    "batch_size": 32,
-    "learning_rate": 0.05,
-    "lr_policy": "step",
-    "lr_params": {"step_size": 50, "gamma": 0.1},
-    "seed": 7,
-}
-
-
-def _submit(client: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
-    resp = client.post("/jobs", json=body)
-    assert resp.status_code == 202, resp.text
-    return resp.json()["jobs"]
-
-
-def _sse(
-    client: httpx.Client, job_id: str, last_id: int | None = None, stop_after: int | None = None
-) -> list[tuple[int, str, dict]]:
-    """Read the job's SSE stream until it ends (or after `stop_after` events)."""
-    headers = {"Last-Event-ID": str(last_id)} if last_id is not None else {}
-    events: list[tuple[int, str, dict]] = []
-    with client.stream("GET", f"/jobs/{job_id}/events", headers=headers, timeout=120) as resp:
-        assert resp.status_code == 200
-        assert resp.headers["content-type"].startswith("text/event-stream")
-        event: dict[str, str] = {}
-        for line in resp.iter_lines():
-            if line == "":
-                if "id" in event:
-                    events.append((int(event["id"]), event["event"], json.loads(event["data"])))
-                    if stop_after is not None and len(events) >= stop_after:
-                        break
-                event = {}
-            elif not line.startswith(":"):
-                key, _, value = line.partition(": ")
-                event[key] = value
-    return events
-
-
-@pytest.fixture(scope="module")
-def lenet_job(pg_stack: Stack, digits_dataset: dict) -> dict[str, Any]:
-    """LeNet on digits, followed from submission by an SSE client."""
-    with pg_stack.client() as client:
-        job = _submit(
-            client,
-            {
-                "dataset_id": digits_dataset["id"],
-                "name": "lenet-digits",
-                "network": "lenet",
-                "hyperparameters": LENET,
-            },
-        )[0]
-        assert job["status"] == "waiting"
-        events = _sse(client, job["id"])
-        final = wait_for(client, f"/jobs/{job['id']}", timeout=300)
-    return {"job": final, "events": events}
+from tests.support import LENET, Stack, sse_events, submit, wait_for
 
 
 def test_lenet_on_digits_reaches_97_percent_and_lists_metrics_and_checkpoints(
@@ -116,8 +56,8 @@ def test_sse_from_submission_sees_every_status_and_validation_in_order(lenet_job
 def test_sse_reconnect_with_last_event_id_misses_nothing(pg_stack: Stack, lenet_job: dict) -> None:
     everything = lenet_job["events"]
     with pg_stack.client() as client:
-        first = _sse(client, lenet_job["job"]["id"], stop_after=5)
-        rest = _sse(client, lenet_job["job"]["id"], last_id=first[-1][0])
+        first = sse_events(client, lenet_job["job"]["id"], stop_after=5)
+        rest = sse_events(client, lenet_job["job"]["id"], last_id=first[-1][0])
     assert [e[0] for e in first + rest] == [e[0] for e in everything]
 
 
@@ -160,7 +100,7 @@ def test_abort_stops_a_running_job_within_two_seconds_and_the_worker_moves_on(
     pg_stack: Stack, digits_dataset: dict
 ) -> None:
     with pg_stack.client() as client:
-        long = _submit(
+        long = submit(
             client,
             {
                 "dataset_id": digits_dataset["id"],
@@ -178,7 +118,7 @@ def test_abort_stops_a_running_job_within_two_seconds_and_the_worker_moves_on(
         assert final["status"] == "aborted"
         assert elapsed < 2.0, f"abort took {elapsed:.2f}s"
         assert client.post(f"/jobs/{long['id']}/abort").status_code == 409
-        nxt = _submit(
+        nxt = submit(
             client,
             {
                 "dataset_id": digits_dataset["id"],
@@ -197,7 +137,7 @@ def test_the_same_task_delivered_twice_trains_once(
     from shared.settings import Settings
 
     with pg_stack.client() as client:
-        job = _submit(
+        job = submit(
             client,
             {
                 "dataset_id": digits_dataset["id"],
@@ -273,7 +213,7 @@ def test_custom_network_trains(pg_stack: Stack, digits_dataset: dict) -> None:
         {"type": "linear"},
     ]
     with pg_stack.client() as client:
-        job = _submit(
+        job = submit(
             client,
             {
                 "dataset_id": digits_dataset["id"],
@@ -319,7 +259,7 @@ def test_patch_clone_and_delete(pg_stack: Stack, lenet_job: dict, pg_env: dict) 
 def test_fine_tune_from_a_previous_job(pg_stack: Stack, lenet_job: dict) -> None:
     job = lenet_job["job"]
     with pg_stack.client() as client:
-        ft = _submit(
+        ft = submit(
             client,
             {
                 "dataset_id": job["dataset_id"],
