@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import suppress
 from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, Request
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from shared.db import close_quietly
 from shared.models import User
 from shared.services import users
 from shared.settings import Settings
@@ -25,10 +28,11 @@ def get_session(request: Request) -> Iterator[Session]:
     try:
         yield session
     except BaseException:
-        session.rollback()
+        with suppress(SQLAlchemyError):  # the connection may be what broke
+            session.rollback()
         raise
     finally:
-        session.close()
+        close_quietly(session)
 
 
 def get_celery(request: Request) -> Celery:

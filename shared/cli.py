@@ -83,6 +83,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         ctx.heartbeat.start()
         ctx.heartbeat.adopt()
 
+    @signals.worker_shutting_down.connect(weak=False)
+    def _shutting_down(**_kwargs: object) -> None:
+        if device is not None:
+            from worker.runner import request_shutdown
+
+            request_shutdown()
+
     @signals.worker_shutdown.connect(weak=False)
     def _shutdown(**_kwargs: object) -> None:
         ctx.heartbeat.stop()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from shared.settings import Settings
+
+log = logging.getLogger("digits.db")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -77,3 +81,23 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def close_quietly(session: Session) -> None:
+    """Close a session whose connection may already be broken (a database outage)."""
+    try:
+        session.close()
+    except SQLAlchemyError as exc:
+        log.debug("closing a session on a broken connection: %s", exc)
+        with suppress(SQLAlchemyError):
+            session.invalidate()
+
+
+@contextmanager
+def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for reads that never raises while closing."""
+    session = factory()
+    try:
+        yield session
+    finally:
+        close_quietly(session)

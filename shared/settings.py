@@ -43,13 +43,24 @@ class Settings(BaseSettings):
         default=32, ge=1, description="more images than this make an inference job (202)"
     )
     heartbeat_interval: float = Field(default=5.0, gt=0, description="worker heartbeat, seconds")
+    lease_timeout: float = Field(
+        default=30.0, gt=0, description="a running job silent this long is requeued (s)"
+    )
+    max_attempts: int = Field(default=3, ge=1, description="restart budget of a job")
+    reaper_interval: float = Field(default=5.0, gt=0, description="how often workers reap (s)")
+    resend_after: float = Field(
+        default=15.0, gt=0, description="re-send a waiting job an idle worker never got (s)"
+    )
     telemetry_interval: float = Field(default=1.0, gt=0, description="GPU/process sampling, s")
     worker_stale_after: float = Field(
         default=30.0, gt=0, description="a worker silent this long is shown as stale"
     )
+    max_job_seconds: int = Field(
+        default=7 * 24 * 3600, gt=0, description="the longest a job may run"
+    )
     # Celery's Redis transport redelivers an unacknowledged task after this many seconds;
     # it must exceed the longest job (the claim on the job row makes a redelivery harmless).
-    visibility_timeout: int = 7 * 24 * 3600
+    visibility_timeout: int = Field(default=7 * 24 * 3600 + 3600, gt=0)
 
     @field_validator("import_roots", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -103,9 +104,29 @@ class Heartbeat:
         except Exception as exc:
             log.warning("could not mark worker stopped: %s", exc)
 
+    def reap(self) -> int:
+        """Requeue lost work and (re)send what the broker never got; returns messages sent."""
+        from celery import current_app
+
+        from shared.services import dispatch
+
+        ctx = context.get()
+        with session_scope(ctx.sessions) as session:
+            sends = dispatch.reap(session, ctx.settings)
+        sent = 0
+        for item in sends:
+            with session_scope(ctx.sessions) as session:
+                if dispatch.try_deliver(current_app, session, item):
+                    sent += 1
+        if sent:
+            log.info("reaper on %s sent %d message(s)", ctx.name, sent)
+        return sent
+
     def _run(self) -> None:
+        ctx = context.get()
+        next_reap = time.monotonic() + ctx.settings.reaper_interval
         while not self._stop.is_set():
-            self._wake.wait(self.interval)
+            self._wake.wait(min(self.interval, ctx.settings.reaper_interval))
             self._wake.clear()
             if self._stop.is_set():
                 return
@@ -113,3 +134,9 @@ class Heartbeat:
                 self.beat()
             except Exception as exc:
                 log.warning("heartbeat failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            if time.monotonic() >= next_reap:
+                next_reap = time.monotonic() + ctx.settings.reaper_interval
+                try:
+                    self.reap()
+                except Exception as exc:
+                    log.warning("reaper failed: %s", str(exc).splitlines()[0] if str(exc) else exc)

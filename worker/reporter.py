@@ -81,6 +81,10 @@ class DbReporter:
     def should_stop(self) -> bool:
         return self._stop.is_set()
 
+    def request_stop(self) -> None:
+        """Stop at the next step (a graceful worker shutdown)."""
+        self._stop.set()
+
     def log(self, message: str) -> None:
         log.info("job=%s %s", self.job_id, message)
 

@@ -1,29 +1,42 @@
 """Runs one training job in a fresh child process, so the worker process never touches CUDA
-and every job gets its device memory back when it ends."""
+and every job gets its device memory back when it ends.
+
+A job whose child dies is requeued and resumes from its last checkpoint (within the restart
+budget); a graceful worker shutdown stops the child at a step boundary, saves, and gives the
+job back to the queue without spending an attempt.
+"""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import signal
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from shared import storage
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.logging import configure_logging
-from shared.models import Checkpoint, Job, Status
+from shared.models import Checkpoint, Job, MetricPoint, Status
+from shared.services import dispatch
 from shared.services import jobs as job_service
 from shared.settings import Settings
 from worker import context
 
 log = logging.getLogger("digits.worker.runner")
 
-
 _PRELOAD = ["torch", "torchvision", "worker.runner", "worker.training.engine", "worker.reporter"]
 _context_cache: list[Any] = []
+_current_child: list[Any] = []
+_shutting_down = threading.Event()
+
+SHUTDOWN_REASON = "requeued: its worker shut down (the attempt is not counted)"
 
 
 def _mp_context() -> Any:
@@ -47,8 +60,17 @@ def prepare() -> None:
     forkserver.ensure_running()
 
 
+def request_shutdown() -> None:
+    """A graceful shutdown: ask the running child to save and stop at its next step."""
+    _shutting_down.set()
+    for child in list(_current_child):
+        if child.is_alive() and child.pid:
+            log.info("shutdown: asking the training child %s to checkpoint and stop", child.pid)
+            os.kill(child.pid, signal.SIGTERM)
+
+
 def run_job(job_id: uuid.UUID) -> None:
-    """Claim a training job, train it in a child process, and make sure it ends in a final state."""
+    """Claim a training job, train it in a child process, and make sure it ends somewhere."""
     ctx = context.get()
     with session_scope(ctx.sessions) as session:
         job = job_service.claim_job(session, job_id, ctx.name)
@@ -60,34 +82,75 @@ def run_job(job_id: uuid.UUID) -> None:
         except ValueError as exc:
             job_service.finish_job(session, job_id, Status.ERROR, reason=str(exc))
             return
-    log.info("job=%s training starts on %s (device %s)", job_id, ctx.name, ctx.device)
+        attempts = job.attempts
+    log.info(
+        "job=%s attempt %d starts on %s (device %s)%s",
+        job_id,
+        attempts,
+        ctx.name,
+        ctx.device,
+        " resuming" if plan["resume_checkpoint"] else "",
+    )
     ctx.current_job = job_id
     if ctx.heartbeat is not None:
         ctx.heartbeat.beat_now()
-    mp = _mp_context()
-    child = mp.Process(
+    child = _mp_context().Process(
         target=child_main,
-        args=(ctx.settings.model_dump(mode="json"), str(job_id), plan, ctx.device, ctx.name),
+        args=(
+            ctx.settings.model_dump(mode="json"),
+            str(job_id),
+            plan,
+            ctx.device,
+            ctx.name,
+            os.getpid(),
+        ),
         name=f"train-{job_id}",
         daemon=False,
     )
     child.start()
+    _current_child.append(child)
     try:
         child.join()
     finally:
+        _current_child.clear()
         ctx.current_job = None
         if ctx.heartbeat is not None:
             ctx.heartbeat.beat_now()
     if child.exitcode != 0:
-        with session_scope(ctx.sessions) as session:
-            if job_service.finish_job(
-                session,
-                job_id,
-                Status.ERROR,
-                reason=f"the training process exited unexpectedly (exit code {child.exitcode})",
-            ):
-                log.error("job=%s child died with exit code %s", job_id, child.exitcode)
-    log.info("job=%s finished on %s", job_id, ctx.name)
+        _after_crash(job_id, attempts, child.exitcode)
+    with session_scope(ctx.sessions) as session:
+        job = session.get(Job, job_id)
+        if job is not None and job.status == Status.WAITING.value and job.enqueued_at is None:
+            from celery import current_app
+
+            item = dispatch.job_send(job)
+            if item is not None:
+                dispatch.try_deliver(current_app, session, item)
+    log.info("job=%s attempt %d ended on %s", job_id, attempts, ctx.name)
+
+
+def _after_crash(job_id: uuid.UUID, attempts: int, exitcode: int | None) -> None:
+    """The child died: requeue within the restart budget, else end in error."""
+    ctx = context.get()
+    how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"code {exitcode}"
+    with session_scope(ctx.sessions) as session:
+        if attempts >= ctx.settings.max_attempts:
+            reason = f"gave up after {attempts} attempts: the training process died ({how})"
+            if job_service.finish_job(session, job_id, Status.ERROR, reason=reason):
+                log.error("job=%s %s", job_id, reason)
+            return
+        reason = f"requeued: the training process died ({how}) on {ctx.name}"
+        if dispatch.requeue(session, job_id, reason, count_attempt=True):
+            log.warning("job=%s %s", job_id, reason)
+
+
+def _head_free(network: dict[str, Any]) -> dict[str, Any]:
+    """A network whose last linear layer is sized by the new dataset (a fresh head)."""
+    network = dict(network)
+    layers = network.get("layers")
+    if network.get("kind") == "custom" and layers and layers[-1].get("type") == "linear":
+        network["layers"] = [*layers[:-1], {**layers[-1], "out_features": None}]
+    return network
 
 
 def _plan(session: Any, settings: Settings, job: Job) -> dict[str, Any]:
@@ -103,12 +166,7 @@ def _plan(session: Any, settings: Settings, job: Job) -> dict[str, Any]:
         if model is None or init is None or not init.exists():
             raise ValueError("the pretrained model is gone")
         init_checkpoint = str(init)
-        network = dict(model.network)
-        if network.get("kind") == "custom" and network.get("layers"):
-            last = dict(network["layers"][-1])
-            if last.get("type") == "linear":
-                last["out_features"] = None
-                network["layers"] = [*network["layers"][:-1], last]
+        network = _head_free(model.network)
     elif network["kind"] == "previous":
         source = session.get(Job, uuid.UUID(network["job_id"]))
         ckpt = network["checkpoint"]
@@ -125,23 +183,55 @@ def _plan(session: Any, settings: Settings, job: Job) -> dict[str, Any]:
         if source is None or row is None or not Path(row.path).exists():
             raise ValueError(f"the previous job's checkpoint {name!r} is gone")
         init_checkpoint = row.path
-        network = dict(source.request["network"])
-        if network.get("kind") == "custom" and network.get("layers"):
-            last = dict(network["layers"][-1])
-            if last.get("type") == "linear":
-                last["out_features"] = None
-                network["layers"] = [*network["layers"][:-1], last]
+        network = _head_free(source.request["network"])
+    out_dir = storage.job_dir(settings, job.id)
+    last = out_dir / "checkpoints" / "last.pt"
+    assert job.dataset_id is not None
     return {
-        "dataset_dir": str(storage.dataset_dir(settings, job.dataset_id)),  # type: ignore[arg-type]
+        "dataset_dir": str(storage.dataset_dir(settings, job.dataset_id)),
         "network": network,
         "hyper": request["hyperparameters"],
-        "out_dir": str(storage.job_dir(settings, job.id)),
+        "out_dir": str(out_dir),
         "init_checkpoint": init_checkpoint,
+        "resume_checkpoint": str(last) if last.exists() else None,
     }
 
 
 class _AbortedBeforeStart(Exception):
     """The job was aborted before training began."""
+
+
+def _watch_parent(worker_pid: int) -> None:
+    """Die with the worker: an orphaned child must not keep training (and the GPU) alone.
+
+    The forkserver that forked us exits when the worker dies, so our parent changes; a killed
+    worker not yet reaped is a zombie, which also counts as gone.
+    """
+    import psutil
+
+    parent = os.getppid()
+    while True:
+        time.sleep(0.5)
+        try:
+            gone = os.getppid() != parent or (
+                psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
+            )
+        except psutil.NoSuchProcess:
+            gone = True
+        if gone:
+            log.error("the worker (pid %d) is gone; the training process stops", worker_pid)
+            os._exit(3)
+
+
+def _forget_after(sessions: Any, job_id: uuid.UUID, step: int) -> None:
+    """Before resuming from `step`, drop what the lost attempt recorded after it."""
+    with session_scope(sessions) as session:
+        session.execute(
+            delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > step)
+        )
+        session.execute(
+            delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step > step)
+        )
 
 
 def child_main(
@@ -150,10 +240,13 @@ def child_main(
     plan: dict[str, Any],
     device: str | None,
     worker_name: str | None = None,
+    worker_pid: int | None = None,
 ) -> None:
     """Entry point of the training child: train, report, and record the outcome."""
     settings = Settings.model_validate(settings_json)
     job_id = uuid.UUID(job_id_str)
+    if worker_pid:
+        threading.Thread(target=_watch_parent, args=(worker_pid,), daemon=True).start()
     out_dir = Path(plan["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(settings.log_level)
@@ -166,16 +259,34 @@ def child_main(
 
     from shared.schemas.jobs import Hyperparameters
     from worker.reporter import DbReporter
+    from worker.telemetry import Sampler
+    from worker.training import checkpoint as ckpt
     from worker.training.engine import TrainingError, TrainSpec, train
+
+    resume = Path(plan["resume_checkpoint"]) if plan.get("resume_checkpoint") else None
+    if resume is not None:
+        try:
+            step = int(ckpt.load(resume)["step"])
+            _forget_after(sessions, job_id, step)
+            log.info("job=%s resuming from %s at step %d", job_id, resume.name, step)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            log.warning("job=%s cannot resume from %s (%s); starting over", job_id, resume, exc)
+            resume = None
+            _forget_after(sessions, job_id, -1)
 
     with session_scope(sessions) as session:
         job = session.get(Job, job_id)
         best, last = (dict(job.best or {}), dict(job.last or {})) if job else ({}, {})
     reporter = DbReporter(sessions, job_id, best=best, last=last, worker=worker_name)
+    stop_for_shutdown = threading.Event()
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        stop_for_shutdown.set()
+        reporter.request_stop()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     reporter.flush()  # reads the abort flag: a job aborted while its child started stops here
     reporter.start()
-    from worker.telemetry import Sampler
-
     sampler = Sampler(reporter.telemetry, interval=settings.telemetry_interval).start()
     spec = TrainSpec(
         dataset_dir=Path(plan["dataset_dir"]),
@@ -184,6 +295,7 @@ def child_main(
         out_dir=out_dir,
         device=device,
         init_checkpoint=Path(plan["init_checkpoint"]) if plan["init_checkpoint"] else None,
+        resume_checkpoint=resume,
     )
     status, reason = Status.DONE, None
     try:
@@ -213,7 +325,10 @@ def child_main(
         sampler.stop()
         reporter.close()
     with session_scope(sessions) as session:
-        job_service.finish_job(session, job_id, status, reason=reason)
+        if stop_for_shutdown.is_set() and status == Status.ABORTED:
+            dispatch.requeue(session, job_id, SHUTDOWN_REASON, count_attempt=False)
+        else:
+            job_service.finish_job(session, job_id, status, reason=reason)
     engine.dispose()
     logging.getLogger().removeHandler(handler)
     handler.close()

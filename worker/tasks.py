@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 
@@ -10,7 +11,7 @@ from celery import shared_task
 from sqlalchemy import select, update
 
 from shared.archives import UnsafeArchive
-from shared.db import session_scope
+from shared.db import session_scope, utcnow
 from shared.models import Dataset, Status
 from shared.queue import EVALUATE, IMPORT_DATASET, INFER, TRAIN
 from shared.services.states import claim, finish
@@ -58,11 +59,13 @@ def import_dataset(dataset_id: str) -> None:
 
     from worker.datasets.job import run_import
 
+    lease = _DatasetLease(ds_id, ctx.settings.lease_timeout / 4)
     try:
         result = run_import(
             ctx.settings, ds_id, options, source, progress=progress, should_abort=should_abort
         )
     except ImportAborted:
+        lease.stop()
         log.info("dataset=%s import aborted", ds_id)
         return
     except (DatasetImportError, UnsafeArchive, OSError, ValueError) as exc:
@@ -74,6 +77,8 @@ def import_dataset(dataset_id: str) -> None:
         log.exception("dataset=%s import crashed", ds_id)
         _fail(ds_id, f"internal error during import: {type(exc).__name__}: {exc}")
         return
+    finally:
+        lease.stop()
 
     with session_scope(ctx.sessions) as session:
         done = finish(
@@ -109,6 +114,32 @@ def import_dataset(dataset_id: str) -> None:
         result.seconds,
         result.images_per_second,
     )
+
+
+class _DatasetLease:
+    """Renews a running import's lease (its updated_at) so the reaper leaves it alone."""
+
+    def __init__(self, ds_id: uuid.UUID, interval: float) -> None:
+        self.ds_id = ds_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        ctx = context.get()
+        while not self._stop.wait(interval):
+            try:
+                with session_scope(ctx.sessions) as s:
+                    s.execute(
+                        update(Dataset)
+                        .where(Dataset.id == self.ds_id, Dataset.status == Status.RUNNING.value)
+                        .values(updated_at=utcnow())
+                    )
+            except Exception as exc:
+                log.warning("dataset=%s lease renewal failed: %s", self.ds_id, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def _fail(ds_id: uuid.UUID, reason: str) -> None:

@@ -14,12 +14,12 @@ from pydantic import Field
 
 from api.deps import CeleryDep, CurrentUser, SessionDep, SettingsDep, get_current_user
 from shared import archives, dataset_store, queue, storage
-from shared.errors import DomainError, Forbidden, InvalidInput, NotFound, ServiceUnavailable
+from shared.errors import DomainError, Forbidden, InvalidInput, NotFound
 from shared.models import Status, User
 from shared.schemas.common import PROBLEM_RESPONSES, Page, Problem
 from shared.schemas.datasets import DatasetOptions, DatasetRead, SamplePage, SampleRead, Split
 from shared.services import datasets as service
-from shared.services.states import transition
+from shared.services import dispatch
 from shared.settings import Settings
 
 log = logging.getLogger("digits.api.datasets")
@@ -185,16 +185,10 @@ def create_dataset(
     except BaseException:
         upload.discard()
         raise
-    try:
-        queue.send_import(celery, dataset.id)
-    except Exception as exc:
-        log.error("dataset=%s enqueue failed: %s", dataset.id, exc)
-        transition(dataset, Status.ERROR, reason="the job queue is unavailable; submit again")
-        session.commit()
-        upload.discard()
-        raise ServiceUnavailable(
-            "the job queue is unavailable; submit again shortly", code="broker_unavailable"
-        ) from exc
+    dispatch.try_deliver(
+        celery, session, dispatch.Send("dataset", dataset.id, queue.IMPORT_DATASET, None)
+    )
+    session.commit()
     log.info("dataset=%s queued name=%r method=%s", dataset.id, dataset.name, source["method"])
     return service.to_read(dataset)
 

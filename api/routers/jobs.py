@@ -16,8 +16,9 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CeleryDep, CurrentUser, SessionDep, SettingsDep, get_current_user
-from shared import queue, storage
-from shared.errors import Conflict, ServiceUnavailable
+from shared import storage
+from shared.db import reading
+from shared.errors import Conflict
 from shared.models import Job, Status
 from shared.schemas.common import PROBLEM_RESPONSES, Page, Problem
 from shared.schemas.jobs import (
@@ -30,7 +31,7 @@ from shared.schemas.jobs import (
     MetricPoint,
     MetricsRead,
 )
-from shared.services import fleet
+from shared.services import dispatch, fleet
 from shared.services import jobs as service
 
 log = logging.getLogger("digits.api.jobs")
@@ -41,36 +42,15 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem}, 422: {"mo
 
 
 def _enqueue(celery: CeleryDep, session: SessionDep, jobs: list[Job]) -> None:
-    """Send each committed job to the broker; a job the broker refused ends in error.
-
-    A job asking for a GPU by UUID goes to the worker that has it; when none is registered
-    it is not sent: it waits, and that worker adopts it when it starts.
-    """
+    """Send each committed job to the broker. When the broker is down the job still waits in
+    the database and the reaper sends it once the broker is back; a job asking for a GPU
+    that no worker has waits until that worker registers and adopts it."""
+    workers = fleet.list_workers(session)
     for job in jobs:
-        target = job.requested_worker
-        if target and target.startswith("GPU-"):
-            owner = next(
-                (
-                    w.name
-                    for w in fleet.list_workers(session)
-                    if any(g.get("uuid") == target for g in w.gpus or [])
-                ),
-                None,
-            )
-            if owner is None:
-                continue
-            target = owner
-        try:
-            queue.send_train(celery, job.id, target)
-        except Exception as exc:
-            log.error("job=%s enqueue failed: %s", job.id, exc)
-            service.set_status(
-                session, job, Status.ERROR, reason="the job queue is unavailable; submit again"
-            )
-            session.commit()
-            raise ServiceUnavailable(
-                "the job queue is unavailable; submit again shortly", code="broker_unavailable"
-            ) from exc
+        item = dispatch.job_send(job, workers)
+        if item is not None:
+            dispatch.try_deliver(celery, session, item)
+    session.commit()
 
 
 @router.post(
@@ -318,7 +298,7 @@ async def stream_events(
     factory = request.app.state.session_factory
 
     def _load(after: int) -> tuple[list[tuple[int, str, str]], bool]:
-        with factory() as session:
+        with reading(factory) as session:
             job = service.get_job(session, job_id, user)
             events = service.latest_events(session, job_id, after)
             final = Status(job.status).is_final

@@ -31,6 +31,7 @@ from shared.schemas.models import (
     ToPretrained,
 )
 from shared.services import datasets as dataset_service
+from shared.services import dispatch
 from shared.services import jobs as job_service
 from shared.services import models as service
 from shared.settings import Settings
@@ -156,7 +157,8 @@ async def classify(
             storage.remove_tree(folder.parent)
             raise
         session.commit()
-        queue.send_task(celery, queue.INFER, infer.id)
+        dispatch.try_deliver(celery, session, dispatch.Send("job", infer.id, queue.INFER, None))
+        session.commit()
         return JSONResponse(job_service.to_read(infer).model_dump(mode="json"), status_code=202)
     files = [
         (
@@ -320,7 +322,8 @@ def evaluate(
             storage.remove_tree(path.parent)
             raise InvalidInput(f"archive: {exc}", code=exc.code) from exc
     session.commit()
-    queue.send_task(celery, queue.EVALUATE, evaluation.id)
+    dispatch.try_deliver(celery, session, dispatch.Send("job", evaluation.id, queue.EVALUATE, None))
+    session.commit()
     return job_service.to_read(evaluation)
 
 

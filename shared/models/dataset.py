@@ -51,3 +51,5 @@ class Dataset(Base):
     )
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # when the task last reached the broker; None: never (the reaper sends it)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

@@ -43,6 +43,8 @@ class Job(Base):
     )
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # when the task last reached the broker; None: never (the reaper sends it)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     requested_worker: Mapped[str | None] = mapped_column(String(200), default=None)
     epoch: Mapped[float] = mapped_column(Float, default=0.0)

@@ -239,6 +239,8 @@ class JobRead(BaseModel):
     attempts: int
     progress: float
     epoch: float
+    step: int = Field(description="Optimizer steps done")
+    total_steps: int = Field(description="Optimizer steps of the whole run")
     eta_seconds: float | None
     abort_requested: bool
     queue_position: int | None = Field(default=None, description="While waiting: 1 = next")

@@ -378,6 +378,8 @@ def to_read(job: Job) -> JobRead:
         attempts=job.attempts,
         progress=job.progress,
         epoch=job.epoch,
+        step=job.step,
+        total_steps=job.total_steps,
         eta_seconds=eta_seconds(job),
         abort_requested=job.abort_requested,
         best={k: MetricValue(**v) for k, v in (job.best or {}).items()},
