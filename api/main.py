@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.openapi import build_openapi
 from api.middleware import BodyLimitMiddleware
 from api.routers import catalog, datasets, fleet, health, jobs, models, prometheus, users
 from shared.db import make_engine, make_session_factory
 from shared.logging import configure_logging
+from shared.schemas.common import Problem
 from shared.queue import create_celery
 from shared.settings import Settings, get_settings
 
@@ -63,14 +66,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.settings = settings
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
     app.include_router(health.router, prefix=API_PREFIX)
-    app.include_router(datasets.router, prefix=API_PREFIX)
-    app.include_router(jobs.router, prefix=API_PREFIX)
-    app.include_router(catalog.router, prefix=API_PREFIX)
-    app.include_router(fleet.router, prefix=API_PREFIX)
-    app.include_router(users.router, prefix=API_PREFIX)
-    app.include_router(models.router, prefix=API_PREFIX)
-    app.include_router(prometheus.router)
+    guarded: dict[int | str, dict[str, Any]] = {
+        401: {"model": Problem, "description": "Missing, malformed or revoked token"},
+        503: {"model": Problem, "description": "The database is unavailable; retry later"},
+    }
+    app.include_router(datasets.router, prefix=API_PREFIX, responses=guarded)
+    app.include_router(jobs.router, prefix=API_PREFIX, responses=guarded)
+    app.include_router(catalog.router, prefix=API_PREFIX, responses=guarded)
+    app.include_router(fleet.router, prefix=API_PREFIX, responses=guarded)
+    app.include_router(users.router, prefix=API_PREFIX, responses=guarded)
+    app.include_router(models.router, prefix=API_PREFIX, responses=guarded)
+    app.include_router(prometheus.router, responses=guarded)
     return app

@@ -126,6 +126,15 @@ def _cmd_model_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_openapi(_args: argparse.Namespace) -> int:
+    import json
+
+    from api.main import create_app
+
+    print(json.dumps(create_app(Settings()).openapi(), indent=2, sort_keys=True))
+    return 0
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -310,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--name", help="worker name, unique in the fleet (default cpu-PID@host)")
     worker.set_defaults(func=_cmd_worker)
+
+    openapi = sub.add_parser(
+        "openapi", help="print the OpenAPI schema (the committed openapi.json)"
+    )
+    openapi.set_defaults(func=_cmd_openapi)
 
     db = sub.add_parser("db", help="manage the database schema")
     db.add_argument("action", choices=["upgrade", "downgrade"])

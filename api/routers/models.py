@@ -388,8 +388,7 @@ async def download(
             timeout=600,
         )
     filename = f"{job.id}_{ckpt.name}.{format}"
-    media = "application/zip" if format == "zip" else "application/gzip"
-    return FileResponse(out, media_type=media, filename=filename)
+    return FileResponse(out, media_type="application/octet-stream", filename=filename)
 
 
 @router.post(

@@ -23,9 +23,7 @@ class DatasetOptions(BaseModel):
     group: str | None = Field(default=None, max_length=200)
     image_width: int = Field(default=256, ge=1, le=4096, description="Resize width in pixels")
     image_height: int = Field(default=256, ge=1, le=4096, description="Resize height in pixels")
-    channels: int = Field(
-        default=3, description="1 = grayscale, 3 = RGB", json_schema_extra={"enum": [1, 3]}
-    )
+    channels: int = Field(default=3, ge=1, le=3, description="1 = grayscale, 3 = RGB")
     resize_mode: ResizeMode = Field(
         default=ResizeMode.SQUASH,
         description="squash: ignore aspect ratio; crop: scale the short side, centre-crop; "

@@ -126,6 +126,6 @@ def _sources(
             kind="textfile", root=images, list_file=root / item["file"], labels_file=labels_file
         )
 
-    train = listed("train")
-    assert train is not None
-    return train, listed("val"), listed("test")
+    listed_train = listed("train")
+    assert listed_train is not None  # the API requires train_list for this method
+    return listed_train, listed("val"), listed("test")
