@@ -160,7 +160,11 @@ def _folder_root(root: Path) -> Path:
         entries = _visible_entries(root)
         dirs = [e for e in entries if e.is_dir()]
         has_images = any(e.is_file() and _is_image_name(e.name) for e in entries)
-        if len(dirs) == 1 and not has_images:
+        # one folder that itself holds folders wraps the classes; one folder of images is
+        # a single class (and the import then says it needs two)
+        if len(dirs) == 1 and not has_images and any(
+            e.is_dir() for e in _visible_entries(Path(dirs[0].path))
+        ):
             log.info("descending into wrapping folder %s", dirs[0].name)
             root = Path(dirs[0].path)
         else:
@@ -483,7 +487,10 @@ def _load(job: _Job, path: str, index: int) -> np.ndarray:
                 raise _Skip(f"unsupported image format {img.format}")
             w, h = img.size
             if w * h > job.max_pixels:
-                raise _Skip(f"image too large ({w}x{h} pixels)")
+                raise _Skip(
+                    f"image too large ({w}x{h} pixels, over the limit of "
+                    f"{job.max_pixels:,}): refused as a possible decompression bomb"
+                )
             rng = None
             if job.mode in NOISE_MODES and (w, h) != (job.width, job.height):
                 rng = _rng(job.seed, index)
