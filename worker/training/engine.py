@@ -1,0 +1,727 @@
+"""The training loop: DIGITS's job semantics on PyTorch (build, train_one_epoch, evaluate, fit).
+
+Nothing here knows about HTTP, SQL or Celery: the job runner passes a TrainSpec and a Reporter.
+Speed habits: the dataset lives on the device as uint8 when it fits, augmentation is batched on
+the device, and the host reads device values back only once per logging interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.lr_policy import multiplier
+from shared.networks import CATALOG, NetworkShapeError
+from shared.schemas.jobs import Hyperparameters
+from worker.training import checkpoint as ckpt
+from worker.training.augment import Preprocess
+from worker.training.data import DatasetError, Split, epoch_order, open_splits, read_info
+from worker.training.models import build_model, has_conv, load_init_weights
+
+log = logging.getLogger(__name__)
+
+CUSTOM_DEFAULT_BATCH = 64
+LOG_POINTS_PER_EPOCH = 8
+LOWER_IS_BETTER = frozenset({"val.loss"})
+VAL_SERIES = ("val.loss", "val.accuracy", "val.top5")
+
+Outcome = Literal["done", "stopped", "early_stopped"]
+
+
+class TrainingError(Exception):
+    """Training cannot go on; the message is for the person who submitted the job."""
+
+
+@dataclass
+class CheckpointInfo:
+    """A checkpoint file just written."""
+
+    name: str
+    path: Path
+    epoch: float
+    step: int
+    metrics: dict[str, float]
+    is_best: bool
+
+
+class Reporter(Protocol):
+    """Where training sends what it measures; every method must return quickly."""
+
+    def metrics(self, step: int, epoch: float, values: dict[str, float]) -> None:
+        """Record metric values at an optimizer step."""
+
+    def progress(self, epoch: float, step: int, total_steps: int) -> None:
+        """Record how far training has come."""
+
+    def checkpoint_saved(self, info: CheckpointInfo) -> None:
+        """Record a checkpoint file."""
+
+    def should_stop(self) -> bool:
+        """Whether the job was asked to stop (a cheap flag read)."""
+
+    def log(self, message: str) -> None:
+        """A line for the job's log, for people."""
+
+
+@dataclass
+class TrainSpec:
+    """What to train, on what, with which options, and where to write."""
+
+    dataset_dir: Path
+    network: dict[str, Any]
+    hyper: Hyperparameters
+    out_dir: Path
+    device: str | None = None
+    init_checkpoint: Path | None = None
+    resume_checkpoint: Path | None = None
+
+
+@dataclass
+class TrainResult:
+    """How a training run ended."""
+
+    outcome: Outcome
+    steps: int
+    epoch: float
+    best: dict[str, float]
+    last: dict[str, float]
+    seconds: float
+    images_per_second: float
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def pick_device(name: str | None) -> torch.device:
+    """The requested device, or CUDA when present, else the CPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("a CUDA device was requested but none is available")
+    return device
+
+
+def make_optimizer(
+    model: nn.Module, hyper: Hyperparameters, device: torch.device
+) -> torch.optim.Optimizer:
+    """The solver of the request; weight decay on weights, not on biases and norm scales."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    wd = hyper.effective_weight_decay()
+    groups: list[dict[str, Any]] = [
+        g
+        for g in ({"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0})
+        if g["params"]
+    ]
+    lr = hyper.learning_rate
+    fused: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
+    solver = hyper.solver
+    if solver in ("sgd", "nesterov"):
+        if solver == "nesterov" and hyper.momentum <= 0:
+            raise TrainingError("the nesterov solver needs a momentum above 0")
+        return torch.optim.SGD(
+            groups, lr=lr, momentum=hyper.momentum, nesterov=solver == "nesterov", **fused
+        )
+    if solver == "adagrad":
+        return torch.optim.Adagrad(groups, lr=lr)
+    if solver == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, alpha=hyper.rms_decay)
+    if solver == "adadelta":
+        return torch.optim.Adadelta(groups, lr=lr)
+    if solver == "adam":
+        return torch.optim.Adam(groups, lr=lr, **fused)
+    if solver == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, **fused)
+    raise TrainingError(f"unknown solver {solver!r}")
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, hyper: Hyperparameters
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """DIGITS's learning-rate policy as a factor on the base rate, stepped per optimizer step."""
+    policy = hyper.lr_policy
+    params = hyper.lr_params.model_dump(exclude_none=True)
+
+    def factor(step: int) -> float:
+        return multiplier(step, total_steps, policy, params)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    preprocess: Preprocess,
+    batch_size: int,
+    num_classes: int,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Loss, top-1 and top-k (k = min(5, classes)) accuracy over a split; one read-back."""
+    was_training = model.training
+    model.eval()
+    device = split.labels.device
+    k = min(5, num_classes)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    for images, labels in split.batches(None, batch_size):
+        x = preprocess.eval(images)
+        with _autocast(device, amp_dtype):
+            out = model(x)
+        out = out.float()
+        hits = out.topk(k, 1).indices.eq(labels[:, None])
+        totals += torch.stack(
+            [F.cross_entropy(out, labels, reduction="sum"), hits[:, 0].sum(), hits.any(1).sum()]
+        ).to(torch.float64)
+    loss, top1, topk = (totals / max(1, len(split))).tolist()
+    model.train(was_training)
+    return {"val.loss": loss, "val.accuracy": top1, "val.top5": topk}
+
+
+@dataclass
+class _Tracker:
+    """Latest and best values of each series, the best-checkpoint metric and early stopping."""
+
+    best_metric: str
+    early: Any  # EarlyStopping | None
+    last: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
+    best_value: float | None = None
+    es_value: float | None = None
+    es_bad: int = 0
+
+    @staticmethod
+    def _better(metric: str, value: float, than: float | None, delta: float = 0.0) -> bool:
+        if than is None:
+            return math.isfinite(value)
+        if metric in LOWER_IS_BETTER:
+            return value < than - delta
+        return value > than + delta
+
+    def train(self, values: dict[str, float]) -> None:
+        """Record training series."""
+        self.last.update(values)
+
+    def validation(self, values: dict[str, float]) -> tuple[bool, bool]:
+        """Record a validation; return (new best, early stop now)."""
+        self.last.update(values)
+        for name in VAL_SERIES:
+            if name in values and self._better(name, values[name], self.best.get(name)):
+                self.best[name] = values[name]
+        value = values[self.best_metric]
+        is_best = self._better(self.best_metric, value, self.best_value)
+        if is_best:
+            self.best_value = value
+        stop = False
+        if self.early is not None:
+            metric = self.early.metric
+            if self._better(metric, values[metric], self.es_value, self.early.min_delta):
+                self.es_value, self.es_bad = values[metric], 0
+            else:
+                self.es_bad += 1
+                stop = self.es_bad >= self.early.patience
+        return is_best, stop
+
+    def state(self) -> dict[str, Any]:
+        """Plain values for a checkpoint."""
+        return {
+            "last": dict(self.last),
+            "best": dict(self.best),
+            "best_value": self.best_value,
+            "es_value": self.es_value,
+            "es_bad": self.es_bad,
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Restore from a checkpoint."""
+        self.last = dict(state.get("last", {}))
+        self.best = dict(state.get("best", {}))
+        self.best_value = state.get("best_value")
+        self.es_value = state.get("es_value")
+        self.es_bad = int(state.get("es_bad", 0))
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds."""
+
+    spec: TrainSpec
+    reporter: Reporter
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    train_split: Split
+    val_split: Split | None
+    preprocess: Preprocess
+    aug_gen: torch.Generator
+    classes: list[str]
+    image_shape: tuple[int, int, int]
+    seed: int
+    batch_size: int
+    accumulation: int
+    train_iter: int
+    total: int
+    log_interval: int
+    val_every: int
+    snap_every: int
+    tracker: _Tracker
+    step: int = 0
+    loss_buf: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    log_count: int = 0
+    log_t0: float = 0.0
+    log_images: int = 0
+    lr_used: float = 0.0
+    images: int = 0
+    side_seconds: float = 0.0  # validation and checkpoint writing, excluded from images/s
+
+    @property
+    def epoch(self) -> float:
+        """Epochs done, fractional."""
+        return self.step / self.train_iter
+
+    @property
+    def hyper(self) -> Hyperparameters:
+        """The run's hyperparameters."""
+        return self.spec.hyper
+
+    def sync(self) -> None:
+        """Wait for queued device work (timing boundaries only)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def _batch_size(network: dict[str, Any], hyper: Hyperparameters) -> int:
+    if hyper.batch_size is not None:
+        return int(hyper.batch_size)
+    if network.get("kind", "standard") == "standard" and network.get("name") in CATALOG:
+        return CATALOG[str(network["name"])].default_batch_size
+    return CUSTOM_DEFAULT_BATCH
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _interval(epochs: float, train_iter: int) -> int:
+    """An interval in (fractional) epochs as optimizer steps; 0 = only at the end."""
+    return max(1, int(epochs * train_iter)) if epochs > 0 else 0
+
+
+def _setup(spec: TrainSpec, reporter: Reporter) -> _Run:
+    hp = spec.hyper
+    device = pick_device(spec.device)
+    seed = 0 if hp.seed is None else int(hp.seed)
+    info = read_info(spec.dataset_dir)
+    height, width, channels = info.height, info.width, info.channels
+    num_classes = len(info.classes)
+    if hp.crop_size is not None and hp.crop_size > min(height, width):
+        raise TrainingError(f"crop size {hp.crop_size} is larger than the {width}x{height} images")
+    in_h, in_w = (hp.crop_size, hp.crop_size) if hp.crop_size else (height, width)
+    if hp.aug_quad_rot != "none" and in_h != in_w:
+        raise TrainingError("quarter rotations need square images or a square crop_size")
+    if hp.aug_hsv_use and channels != 3:
+        reporter.log("HSV augmentation needs RGB images; ignored for this grayscale dataset")
+
+    _seed_all(seed)
+    try:
+        model = build_model(spec.network, num_classes, channels, in_h, in_w)
+    except NetworkShapeError as exc:
+        raise TrainingError(f"the network does not fit the dataset: {exc}") from exc
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
+    if spec.init_checkpoint is not None:
+        try:
+            state = ckpt.model_state(ckpt.load(spec.init_checkpoint))
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise TrainingError(f"cannot read the checkpoint to start from: {exc}") from exc
+        skipped = load_init_weights(model, state)
+        message = f"initialised from {Path(spec.init_checkpoint).name}; " + (
+            f"{len(skipped)} tensors re-initialised: {', '.join(skipped)}"
+            if skipped
+            else "all tensors loaded"
+        )
+        reporter.log(message)
+        log.info("%s: %s", spec.out_dir, message)
+
+    cuda = device.type == "cuda"
+    channels_last = cuda and has_conv(model)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else None)
+    amp_dtype: torch.dtype | None = None
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        if hp.amp:
+            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    train_split, val_split = open_splits(spec.dataset_dir, info, device, channels_last)
+    mean: torch.Tensor | None = None
+    if hp.use_mean != "none":
+        if info.mean is None:
+            reporter.log("the dataset has no mean image; no mean is subtracted")
+        else:
+            mean = torch.from_numpy(info.mean).permute(2, 0, 1).contiguous().to(device)
+            if hp.use_mean == "pixel":
+                mean = mean.mean(dim=(1, 2), keepdim=True)
+    preprocess = Preprocess(hp, mean, channels, height, width, channels_last)
+
+    batch_size = _batch_size(spec.network, hp)
+    accumulation = hp.batch_accumulation
+    train_iter = math.ceil(len(train_split) / (batch_size * accumulation))
+    total = train_iter * hp.epochs
+    optimizer = make_optimizer(model, hp, device)
+    scheduler = make_scheduler(optimizer, total, hp)
+    aug_gen = torch.Generator(device=device)
+    aug_gen.manual_seed(int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
+    log_interval = hp.log_interval or max(1, round(train_iter / LOG_POINTS_PER_EPOCH))
+    early = hp.early_stopping
+    if early is not None and val_split is None:
+        reporter.log("early stopping needs a validation split; the dataset has none")
+        early = None
+    run = _Run(
+        spec=spec,
+        reporter=reporter,
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        amp_dtype=amp_dtype,
+        train_split=train_split,
+        val_split=val_split,
+        preprocess=preprocess,
+        aug_gen=aug_gen,
+        classes=info.classes,
+        image_shape=(height, width, channels),
+        seed=seed,
+        batch_size=batch_size,
+        accumulation=accumulation,
+        train_iter=train_iter,
+        total=total,
+        log_interval=log_interval,
+        val_every=_interval(hp.val_interval, train_iter),
+        snap_every=_interval(hp.snapshot_interval, train_iter),
+        tracker=_Tracker(hp.best_metric, early),
+        loss_buf=torch.zeros(log_interval, dtype=torch.float32, device=device),
+    )
+    if spec.resume_checkpoint is not None:
+        _resume(run, spec.resume_checkpoint)
+    return run
+
+
+def _resume(run: _Run, path: Path) -> None:
+    try:
+        data = ckpt.load(path)
+        run.model.load_state_dict(data["model"])
+        run.optimizer.load_state_dict(data["optimizer"])
+        run.scheduler.load_state_dict(data["scheduler"])
+        if data.get("scaler"):
+            run.scaler.load_state_dict(data["scaler"])
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise TrainingError(f"cannot resume from {Path(path).name}: {exc}") from exc
+    if int(data.get("total_steps", run.total)) != run.total:
+        run.reporter.log(
+            f"the checkpoint was made for {data.get('total_steps')} steps, this run has "
+            f"{run.total}; the dataset or the options changed"
+        )
+    ckpt.set_rng_state(data["rng"], run.aug_gen)
+    run.step = int(data["step"])
+    run.tracker.load(data.get("tracker", {}))
+    state = data.get("log_state") or {}
+    losses = state.get("losses")
+    if isinstance(losses, torch.Tensor) and losses.numel() == run.log_interval:
+        run.loss_buf.copy_(losses.to(run.device))
+        run.log_count = int(state.get("count", 0))
+        run.log_images = int(state.get("images", 0))
+    run.reporter.log(f"resumed at step {run.step} (epoch {run.epoch:.2f})")
+    log.info("%s: resumed from %s at step %d", run.spec.out_dir, path, run.step)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_dict(run: _Run) -> dict[str, Any]:
+    mean = run.preprocess.mean
+    return {
+        "format": ckpt.FORMAT,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": ckpt.rng_state(run.aug_gen),
+        "step": run.step,
+        "epoch": run.epoch,
+        "total_steps": run.total,
+        "metrics": dict(run.tracker.last),
+        "tracker": run.tracker.state(),
+        "log_state": {
+            "losses": run.loss_buf.detach().cpu(),
+            "count": run.log_count,
+            "images": run.log_images,
+        },
+        "network": run.spec.network,
+        "classes": list(run.classes),
+        "image_shape": list(run.image_shape),
+        "input_shape": [run.image_shape[2], *run.preprocess.out_size],
+        "preprocess": {
+            "use_mean": run.hyper.use_mean,
+            "crop_size": run.preprocess.crop,
+            "mean": None if mean is None else mean.detach().cpu(),
+        },
+        "hyper": run.hyper.model_dump(mode="json"),
+    }
+
+
+def _save(run: _Run, names: list[str], is_best: bool) -> None:
+    """Serialise the state once and write it under each name."""
+    t0 = time.perf_counter()
+    run.sync()
+    data = ckpt.serialize(_checkpoint_dict(run))
+    folder = Path(run.spec.out_dir) / "checkpoints"
+    for name in names:
+        path = folder / f"{name}.pt"
+        ckpt.write_atomic(path, data)
+        run.reporter.checkpoint_saved(
+            CheckpointInfo(name, path, run.epoch, run.step, dict(run.tracker.last), is_best)
+        )
+    run.side_seconds += time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _report_train(run: _Run) -> None:
+    """Read the interval's losses back (one sync) and report them."""
+    k = run.log_count
+    if k == 0:
+        return
+    losses = run.loss_buf[:k].tolist()
+    for j, value in enumerate(losses):
+        if not math.isfinite(value):
+            step = run.step - k + j + 1
+            raise TrainingError(f"loss became NaN at step {step}; lower the learning rate")
+    elapsed = time.perf_counter() - run.log_t0
+    values = {
+        "train.loss": sum(losses) / k,
+        "train.lr": run.lr_used,
+        "train.images_per_second": run.log_images / elapsed if elapsed > 0 else 0.0,
+    }
+    run.tracker.train(values)
+    run.reporter.metrics(run.step, run.epoch, values)
+    run.reporter.progress(run.epoch, run.step, run.total)
+    run.loss_buf.zero_()
+    run.log_count = 0
+    run.log_images = 0
+    run.log_t0 = time.perf_counter()
+
+
+def _validate(run: _Run) -> tuple[bool, bool]:
+    assert run.val_split is not None
+    t0 = time.perf_counter()
+    run.sync()
+    values = evaluate(
+        run.model,
+        run.val_split,
+        run.preprocess,
+        run.batch_size * 2,
+        len(run.classes),
+        run.amp_dtype,
+    )
+    is_best, stop = run.tracker.validation(values)
+    run.reporter.metrics(run.step, run.epoch, {**values, "epoch": run.epoch})
+    run.reporter.progress(run.epoch, run.step, run.total)
+    log.info(
+        "%s: step %d epoch %.2f val.loss %.4f val.accuracy %.4f",
+        run.spec.out_dir,
+        run.step,
+        run.epoch,
+        values["val.loss"],
+        values["val.accuracy"],
+    )
+    elapsed = time.perf_counter() - t0
+    run.side_seconds += elapsed
+    run.log_t0 += elapsed  # validation time is not training throughput
+    return is_best, stop
+
+
+def _after_step(run: _Run) -> Outcome | None:
+    """Logging, validation and snapshots due at the step just taken."""
+    step = run.step
+    end = step == run.total
+    if step % run.log_interval == 0 or end:
+        _report_train(run)
+    is_best = stop = False
+    if run.val_split is not None and ((run.val_every and step % run.val_every == 0) or end):
+        is_best, stop = _validate(run)
+    names: list[str] = []
+    if (run.snap_every and step % run.snap_every == 0) or end or stop:
+        names += [ckpt.epoch_name(run.epoch), "last"]
+    if is_best:
+        names.append("best")
+    if names:
+        t0 = time.perf_counter()
+        _save(run, names, is_best)
+        run.log_t0 += time.perf_counter() - t0
+    if stop:
+        run.reporter.log(
+            f"early stopping at epoch {run.epoch:.2f}: no improvement of "
+            f"{run.tracker.early.metric} for {run.tracker.early.patience} validations"
+        )
+        return "early_stopped"
+    return None
+
+
+def _micro_batches(run: _Run, epoch: int, first_step: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    step_images = run.batch_size * run.accumulation
+    order = epoch_order(
+        len(run.train_split), run.train_iter * step_images, run.seed, epoch, run.hyper.shuffle
+    )
+    return run.train_split.batches(order[first_step * step_images :], run.batch_size)
+
+
+def train_one_epoch(run: _Run, epoch: int) -> Outcome | None:
+    """Optimizer steps of one epoch from where the run stands; an outcome if it ends early."""
+    model, optimizer, scheduler, scaler = run.model, run.optimizer, run.scheduler, run.scaler
+    reporter, preprocess, gen = run.reporter, run.preprocess, run.aug_gen
+    first = run.step - epoch * run.train_iter
+    accumulation = run.accumulation
+    weight = 1.0 / accumulation
+    use_scaler = scaler.is_enabled()
+    step_images = run.batch_size * accumulation
+    model.train()
+    batches = _micro_batches(run, epoch, first)
+    try:
+        for _ in range(first, run.train_iter):
+            if reporter.should_stop():
+                _save(run, ["last"], False)
+                reporter.log(f"stopped at step {run.step} (epoch {run.epoch:.2f})")
+                return "stopped"
+            slot = run.loss_buf[run.log_count]
+            for _ in range(accumulation):
+                images, labels = next(batches)
+                x = preprocess.train(images, gen)
+                with _autocast(run.device, run.amp_dtype):
+                    loss = F.cross_entropy(model(x), labels)
+                slot.add_(loss.detach(), alpha=weight)
+                if accumulation > 1:
+                    loss = loss * weight
+                if use_scaler:
+                    scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            if use_scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            run.lr_used = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            run.step += 1
+            run.log_count += 1
+            run.log_images += step_images
+            run.images += step_images
+            outcome = _after_step(run)
+            if outcome is not None:
+                return outcome
+    finally:
+        batches.close()  # type: ignore[attr-defined]
+    return None
+
+
+def fit(run: _Run, started: float) -> TrainResult:
+    """Train for the remaining steps; validate and snapshot at the intervals and at the end."""
+    hp = run.hyper
+    run.reporter.log(
+        f"training on {run.device}: {len(run.train_split)} train / "
+        f"{len(run.val_split) if run.val_split else 0} val images, batch {run.batch_size}"
+        f"{f' x {run.accumulation}' if run.accumulation > 1 else ''}, {run.train_iter} steps "
+        f"per epoch, {run.total} steps"
+    )
+    outcome: Outcome = "done"
+    run.sync()
+    loop_t0 = time.perf_counter()
+    run.log_t0 = loop_t0
+    run.side_seconds = 0.0
+    for epoch in range(run.step // run.train_iter, hp.epochs):
+        result = train_one_epoch(run, epoch)
+        if result is not None:
+            outcome = result
+            break
+    run.sync()
+    loop_seconds = time.perf_counter() - loop_t0 - run.side_seconds
+    seconds = time.perf_counter() - started
+    ips = run.images / loop_seconds if loop_seconds > 0 else 0.0
+    log.info(
+        "%s: %s after %d steps in %.1f s (%.0f images/s)",
+        run.spec.out_dir,
+        outcome,
+        run.step,
+        seconds,
+        ips,
+    )
+    return TrainResult(
+        outcome=outcome,
+        steps=run.step,
+        epoch=run.epoch,
+        best=dict(run.tracker.best),
+        last=dict(run.tracker.last),
+        seconds=seconds,
+        images_per_second=ips,
+    )
+
+
+def _is_cpu_oom(exc: RuntimeError) -> bool:
+    return "can't allocate memory" in str(exc) or "not enough memory" in str(exc)
+
+
+def train(spec: TrainSpec, reporter: Reporter) -> TrainResult:
+    """Run one training job; raises TrainingError with a message a person can act on."""
+    started = time.perf_counter()
+    run: _Run | None = None
+    oom = TrainingError(
+        "out of memory: use a smaller batch size, or keep it and raise batch_accumulation"
+    )
+    try:
+        run = _setup(spec, reporter)
+        return fit(run, started)
+    except DatasetError as exc:
+        raise TrainingError(f"the dataset cannot be used: {exc}") from exc
+    except torch.OutOfMemoryError as exc:
+        raise oom from exc
+    except RuntimeError as exc:
+        if _is_cpu_oom(exc):
+            raise oom from exc
+        raise
+    finally:
+        if run is not None:
+            run.train_split.close()
+            if run.val_split is not None:
+                run.val_split.close()
