@@ -330,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("revision", nargs="?", help="target revision (default head / -1)")
     db.set_defaults(func=_cmd_db)
 
+    from shared.client_cli import add_client_commands
+
+    add_client_commands(sub)
+
     user = sub.add_parser("user", help="manage users (on the server, against its database)")
     user_sub = user.add_subparsers(dest="action", required=True)
     user_create = user_sub.add_parser("create", help="create a user and print a first token")
@@ -352,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `digits` console script."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "client", None) is not None:
+        from shared.client_cli import run_client
+
+        return run_client(args)
     return int(args.func(args) or 0)
 
 
