@@ -31,10 +31,12 @@ format: install
 	$(VENV)/bin/ruff format .
 
 bench: install
-	$(PY) bench/import_bench.py
+	bash scripts/ensure-services.sh
+	$(PY) -m bench.run_all
 
 bench-smoke: install
-	$(PY) bench/import_bench.py --quick
+	bash scripts/ensure-services.sh
+	$(PY) -m bench.run_all --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

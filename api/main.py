@@ -11,13 +11,13 @@ import httpx
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.openapi import build_openapi
 from api.middleware import BodyLimitMiddleware
+from api.openapi import build_openapi
 from api.routers import catalog, datasets, fleet, health, jobs, models, prometheus, users
 from shared.db import make_engine, make_session_factory
 from shared.logging import configure_logging
-from shared.schemas.common import Problem
 from shared.queue import create_celery
+from shared.schemas.common import Problem
 from shared.settings import Settings, get_settings
 
 API_PREFIX = "/api/v1"

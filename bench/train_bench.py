@@ -2,8 +2,9 @@
 
 Both sides train the same model (build_model, same seed) on the same uint8 images held on the
 device, with the same preprocessing (float, minus the mean image, / 255), batch size, dtype
-(bf16 autocast and channels_last on CUDA, fp32 on the CPU) and SGD with momentum. Runs alternate
-(engine, baseline, baseline, engine, ...) after one untimed warm-up of each.
+(bf16 autocast on CUDA, fp32 on the CPU), SGD with momentum, and memory layout: the engine's
+choice, so the ratio measures the loop's overhead (--nchw-baseline times a plain NCHW loop).
+Runs alternate (engine, baseline, baseline, engine, ...) after one untimed warm-up of each.
 
 Usage: python bench/train_bench.py [--repeats R] [--quick] [--device cpu|cuda|all] [--profile]
 Prints one JSON line per case; "ratio" is the median over pairs of engine / baseline images/s.
@@ -35,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import dataset_store as store
 from shared.schemas.jobs import Hyperparameters
-from worker.training.engine import CheckpointInfo, TrainSpec, train
-from worker.training.models import build_model, has_conv
+from worker.training.engine import CheckpointInfo, TrainSpec, train, use_channels_last
+from worker.training.models import build_model
 
 LR = 0.01
 MOMENTUM = 0.9
@@ -135,12 +136,14 @@ def run_baseline(
     mean: torch.Tensor,
     device: torch.device,
     epochs: int,
+    nchw: bool = False,
 ) -> float:
     """The minimal loop: randperm, gather, float/mean/255, forward, backward, SGD step."""
     torch.manual_seed(SEED)
     network = {"kind": "standard", "name": case.model}
     model = build_model(network, case.classes, case.channels, case.height, case.width)
-    channels_last = device.type == "cuda" and has_conv(model)
+    # the engine's layout, so the ratio times the loop's overhead; nchw: a plain NCHW loop
+    channels_last = use_channels_last(model, device) and not nchw
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt).train()
     if device.type == "cuda":
@@ -170,7 +173,9 @@ def run_baseline(
     return seen / (time.perf_counter() - t0)
 
 
-def bench_case(case: Case, device: torch.device, repeats: int, quick: bool, profile: bool) -> dict:
+def bench_case(
+    case: Case, device: torch.device, repeats: int, quick: bool, profile: bool, nchw: bool
+) -> dict:
     """Alternating paired runs of one case on one device."""
     if quick:
         case = Case(case.model, case.height, case.width, case.channels, case.images // 8)
@@ -180,8 +185,8 @@ def bench_case(case: Case, device: torch.device, repeats: int, quick: bool, prof
         images_np, labels_np, mean_np = make_dataset(case, tmp / "dataset")
         # clone with an explicit format: .contiguous() leaves an N x 1 x H x W view of NHWC data
         # with channels_last strides, which silently switches the CPU kernels the baseline uses.
-        nchw = torch.from_numpy(images_np).permute(0, 3, 1, 2)
-        images = nchw.clone(memory_format=torch.contiguous_format).to(device)
+        view = torch.from_numpy(images_np).permute(0, 3, 1, 2)
+        images = view.clone(memory_format=torch.contiguous_format).to(device)
         labels = torch.from_numpy(labels_np).to(device)
         mean = torch.from_numpy(mean_np).permute(2, 0, 1).contiguous().to(device)
 
@@ -189,7 +194,7 @@ def bench_case(case: Case, device: torch.device, repeats: int, quick: bool, prof
             return run_engine(case, tmp / "dataset", tmp / "out", device, epochs)
 
         def baseline() -> float:
-            return run_baseline(case, images, labels, mean, device, epochs)
+            return run_baseline(case, images, labels, mean, device, epochs, nchw)
 
         engine(), baseline()  # warm-up: allocator, cuDNN autotuning, lazy inits
         if profile:
@@ -222,6 +227,7 @@ def bench_case(case: Case, device: torch.device, repeats: int, quick: bool, prof
             "images": case.images,
             "epochs": epochs,
             "dtype": str(dtype or torch.float32).replace("torch.", ""),
+            "baseline_layout": "nchw" if nchw else "engine's",
             "repeats": repeats,
             "engine_runs": [round(v, 1) for v in eng],
             "baseline_runs": [round(v, 1) for v in base],
@@ -240,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--model", choices=[c.model for c in CASES], action="append")
     parser.add_argument("--profile", action="store_true", help="cProfile one engine run")
+    parser.add_argument("--nchw-baseline", action="store_true", help="a plain NCHW baseline loop")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     devices = []
@@ -252,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in CASES:
             if args.model and case.model not in args.model:
                 continue
-            result = bench_case(case, device, repeats, args.quick, args.profile)
+            result = bench_case(case, device, repeats, args.quick, args.profile, args.nchw_baseline)
             print(json.dumps(result), flush=True)
     return 0
 

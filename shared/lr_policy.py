@@ -10,6 +10,25 @@ POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid", "cosi
 
 
 def lr_at(p: float, lr0: float, policy: str, params: dict[str, Any]) -> float:
+    """The learning rate at p percent of training; inf where the formula overflows."""
+    try:
+        return _lr_at(p, lr0, policy, params)
+    except OverflowError:
+        return math.inf
+
+
+def check(lr0: float, policy: str, params: dict[str, Any]) -> None:
+    """Refuse parameters whose curve overflows or leaves the usable range."""
+    for p in range(101):
+        value = lr_at(float(p), lr0, policy, params)
+        if not math.isfinite(value) or value > 1e6:
+            raise ValueError(
+                f"the {policy} policy with these parameters reaches {value:.3g} at {p}% of "
+                "training; choose a gamma or power that keeps the rate finite"
+            )
+
+
+def _lr_at(p: float, lr0: float, policy: str, params: dict[str, Any]) -> float:
     """The learning rate at p percent of training (0..100), by DIGITS's formula for `policy`.
 
     `params` uses DIGITS's names: step_size (%), gamma, step_values (list of %), power,

@@ -62,6 +62,10 @@ class Heartbeat:
             row.device = ctx.device
             row.queues = self.queues
             row.gpus = self.gpus
+            if ctx.current_job is not None:
+                row.idle_since = None
+            elif row.current_job_id is not None or row.idle_since is None:
+                row.idle_since = now
             row.current_job_id = ctx.current_job
             row.heartbeat_at = now
             row.stopped_at = None

@@ -87,6 +87,10 @@ def preview_lr_policy(
         )
     except ValueError as exc:
         raise InvalidInput(str(exc).splitlines()[0], code="invalid_lr_params") from exc
+    try:
+        lr_policy.check(learning_rate, policy, params.model_dump(exclude_none=True))
+    except ValueError as exc:
+        raise InvalidInput(str(exc), code="invalid_lr_params") from exc
     curve = lr_policy.preview(learning_rate, policy, params.model_dump(exclude_none=True))
     return LRPreview(
         policy=policy, learning_rate=learning_rate, percent=list(range(101)), values=curve

@@ -333,7 +333,10 @@ def evaluate(
     summary="Download a trained model (DIGITS-style archive, optional exports)",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/gzip": {}, "application/zip": {}}},
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "The archive (tar.gz or zip)",
+        },
         **PROBLEM_RESPONSES,
         503: {"model": Problem},
     },

@@ -29,3 +29,4 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    idle_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

@@ -134,6 +134,15 @@ class Hyperparameters(_Strict):
     amp: bool = Field(default=True, description="mixed precision on CUDA (bf16 where supported)")
     log_interval: int = Field(default=0, ge=0, description="train loss every N steps; 0 = auto")
 
+    @model_validator(mode="after")
+    def _finite_schedule(self) -> Hyperparameters:
+        from shared import lr_policy
+
+        rates = self.learning_rate if isinstance(self.learning_rate, list) else [self.learning_rate]
+        for lr in rates:
+            lr_policy.check(lr, self.lr_policy, self.lr_params.model_dump(exclude_none=True))
+        return self
+
     def effective_weight_decay(self) -> float:
         """DIGITS's hidden constant when unset: base_lr / 100."""
         return self.learning_rate / 100 if self.weight_decay is None else self.weight_decay
@@ -308,6 +317,3 @@ class NetworkRead(BaseModel):
     family: str
     description: str
     default_batch_size: int | None
-
-
-__all__ = ["JobCreate", "model_validator"]

@@ -172,12 +172,16 @@ def reap(session: Session, settings: Settings) -> list[Send]:
 
     # a message the broker lost (a restart without persistence): its job waits while a
     # worker that could run it sits idle
+    resend_cutoff = now - timedelta(seconds=settings.resend_after)
+    # idle for a while: a worker between two jobs takes the next message by itself
     idle = [
         w
         for w in workers
-        if fleet.is_alive(w, settings.worker_stale_after, now) and w.current_job_id is None
+        if fleet.is_alive(w, settings.worker_stale_after, now)
+        and w.current_job_id is None
+        and w.idle_since is not None
+        and (_aware(w.idle_since) or now) < resend_cutoff
     ]
-    resend_cutoff = now - timedelta(seconds=settings.resend_after)
     if idle:
         idle_train = [w for w in idle if w.kind in fleet.TRAIN_KINDS]
         idle_cpu = [w for w in idle if w.kind == "cpu"]

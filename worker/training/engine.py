@@ -33,6 +33,9 @@ from worker.training.models import build_model, has_conv, load_init_weights
 log = logging.getLogger(__name__)
 
 CUSTOM_DEFAULT_BATCH = 64
+# oneDNN's channels_last kernels train LeNet about 1.5x and GoogLeNet 1.4x faster on the CPU,
+# ResNet-18 the same; LocalResponseNorm (AlexNet) has no channels_last kernel and gets slower.
+CPU_CHANNELS_LAST = True
 LOG_POINTS_PER_EPOCH = 8
 LOWER_IS_BETTER = frozenset({"val.loss"})
 VAL_SERIES = ("val.loss", "val.accuracy", "val.top5")
@@ -97,8 +100,8 @@ class TrainResult:
     epoch: float
     best: dict[str, float]
     last: dict[str, float]
-    seconds: float
-    images_per_second: float
+    seconds: float  # the whole call, set-up included
+    images_per_second: float  # training steps only: validation and checkpoint writes excluded
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -117,34 +120,29 @@ def pick_device(name: str | None) -> torch.device:
 def make_optimizer(
     model: nn.Module, hyper: Hyperparameters, device: torch.device
 ) -> torch.optim.Optimizer:
-    """The solver of the request; weight decay on weights, not on biases and norm scales."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    wd = hyper.effective_weight_decay()
-    groups: list[dict[str, Any]] = [
-        g
-        for g in ({"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0})
-        if g["params"]
-    ]
-    lr = hyper.learning_rate
+    """The solver of the request; weight decay on every parameter, as Caffe's default."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr, wd = hyper.learning_rate, hyper.effective_weight_decay()
+    # fused: one kernel per step, and no host sync under a GradScaler
     fused: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
     solver = hyper.solver
     if solver in ("sgd", "nesterov"):
         if solver == "nesterov" and hyper.momentum <= 0:
             raise TrainingError("the nesterov solver needs a momentum above 0")
+        nesterov = solver == "nesterov"
         return torch.optim.SGD(
-            groups, lr=lr, momentum=hyper.momentum, nesterov=solver == "nesterov", **fused
+            params, lr=lr, momentum=hyper.momentum, weight_decay=wd, nesterov=nesterov, **fused
         )
     if solver == "adagrad":
-        return torch.optim.Adagrad(groups, lr=lr)
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
     if solver == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, alpha=hyper.rms_decay)
+        return torch.optim.RMSprop(params, lr=lr, alpha=hyper.rms_decay, weight_decay=wd)
     if solver == "adadelta":
-        return torch.optim.Adadelta(groups, lr=lr)
+        return torch.optim.Adadelta(params, lr=lr, weight_decay=wd)
     if solver == "adam":
-        return torch.optim.Adam(groups, lr=lr, **fused)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, **fused)
     if solver == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, **fused)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fused)
     raise TrainingError(f"unknown solver {solver!r}")
 
 
@@ -159,6 +157,16 @@ def make_scheduler(
         return multiplier(step, total_steps, policy, params)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def use_channels_last(model: nn.Module, device: torch.device) -> bool:
+    """Whether to train in channels_last: conv nets on CUDA, and on the CPU where it is faster."""
+    if not has_conv(model):
+        return False
+    if device.type == "cuda":
+        return True
+    lrn = any(isinstance(m, nn.LocalResponseNorm) for m in model.modules())
+    return CPU_CHANNELS_LAST and not lrn
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -370,7 +378,7 @@ def _setup(spec: TrainSpec, reporter: Reporter) -> _Run:
         log.info("%s: %s", spec.out_dir, message)
 
     cuda = device.type == "cuda"
-    channels_last = cuda and has_conv(model)
+    channels_last = use_channels_last(model, device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else None)
     amp_dtype: torch.dtype | None = None
     if cuda:

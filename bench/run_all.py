@@ -1,0 +1,70 @@
+"""Run every benchmark (or their smoke mode) and write docs/benchmarks.md from the results.
+
+Usage: python bench/run_all.py [--quick] [--only NAME ...] [--no-doc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHES = [
+    "import_bench",
+    "train_bench",
+    "pipeline_bench",
+    "queue_bench",
+    "api_bench",
+    "tta_bench",
+    "memory_bench",
+]
+RESULTS = ROOT / "bench" / "results.jsonl"
+
+
+def run(name: str, quick: bool) -> list[dict]:
+    cmd = [sys.executable, "-m", f"bench.{name}", *(["--quick"] if quick else [])]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    records = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    if proc.returncode != 0 or not records:
+        print(f"{name}: FAILED (exit {proc.returncode})\n{proc.stderr[-3000:]}", file=sys.stderr)
+        raise SystemExit(1)
+    print(f"{name}: {len(records)} figure(s) in {time.monotonic() - started:.0f}s", file=sys.stderr)
+    for record in records:
+        print(json.dumps(record))
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="smoke mode: each bench runs")
+    parser.add_argument("--only", nargs="*")
+    parser.add_argument("--no-doc", action="store_true")
+    args = parser.parse_args()
+    records = []
+    for name in args.only or BENCHES:
+        records += run(name, args.quick)
+    if not args.quick:
+        stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        with RESULTS.open("a") as fh:
+            for record in records:
+                fh.write(json.dumps({"at": stamp, **record}) + "\n")
+        if not args.no_doc:
+            from bench.report import write_doc
+
+            write_doc()
+
+
+if __name__ == "__main__":
+    main()
