@@ -271,7 +271,8 @@ def test_pil_bomb_warning_and_error_do_not_escape(
     result = import_dataset(folder(src), opts(max_image_pixels=1_000_000), tmp_path / "out")
     reasons = {s["path"]: s["reason"] for s in result.skipped_samples}
     assert reasons == {
-        "a/warns.png": "image too large (1200x1000 pixels, over the limit of 1,000,000): refused as a possible decompression bomb",
+        "a/warns.png": "image too large (1200x1000 pixels, over the limit of 1,000,000): "
+        "refused as a possible decompression bomb",
         "b/raises.png": "image too large (decompression bomb)",
     }
 

@@ -162,8 +162,10 @@ def _folder_root(root: Path) -> Path:
         has_images = any(e.is_file() and _is_image_name(e.name) for e in entries)
         # one folder that itself holds folders wraps the classes; one folder of images is
         # a single class (and the import then says it needs two)
-        if len(dirs) == 1 and not has_images and any(
-            e.is_dir() for e in _visible_entries(Path(dirs[0].path))
+        if (
+            len(dirs) == 1
+            and not has_images
+            and any(e.is_dir() for e in _visible_entries(Path(dirs[0].path)))
         ):
             log.info("descending into wrapping folder %s", dirs[0].name)
             root = Path(dirs[0].path)
