@@ -48,24 +48,44 @@ def _cmd_api(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     settings = get_settings()
     configure_logging(settings.log_level)
-    from shared.queue import create_celery, worker_queue
+    from shared.gpus import detect_gpus
+    from shared.queue import create_celery, train_queue, worker_queue
     from worker import context
 
     device: str | None = None
+    devices = 1
     host = socket.gethostname()
-    if args.gpu is not None:
-        # pinned before anything imports torch: the training child inherits it
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
-        default_name, default_queues, device = f"gpu{args.gpu}@{host}", "train", "cuda"
+    pinned = args.gpus or args.gpu
+    if pinned is not None:
+        wanted = [g.strip() for g in str(pinned).split(",") if g.strip()]
+        known = {str(g.index) for g in detect_gpus()} | {g.uuid for g in detect_gpus()}
+        missing = [g for g in wanted if g not in known]
+        if missing:
+            print(
+                f"error: no GPU {', '.join(missing)} on this host "
+                f"(found: {', '.join(sorted(known)) or 'none'}); run `nvidia-smi -L`, "
+                "or start a CPU worker with --cpu",
+                file=sys.stderr,
+            )
+            return 2
+        # pinned before anything imports torch: the training children inherit it
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(wanted)
+        devices = len(wanted)
+        default_name, device = f"gpu{'-'.join(wanted)}@{host}", "cuda"
     elif args.cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        default_name, default_queues, device = f"cpu-train@{host}", "train", "cpu"
+        devices = max(1, args.processes)
+        default_name, device = f"cpu-train@{host}", "cpu"
     else:
-        default_name, default_queues = f"cpu-{os.getpid()}@{host}", "cpu"
+        default_name = f"cpu-{os.getpid()}@{host}"
+    default_queues = ",".join(train_queue(n) for n in range(1, devices + 1)) if device else "cpu"
     name = args.name or default_name
     queues = [q for q in (args.queues or default_queues).split(",") if q]
+    if device and args.queues:  # a training worker also takes multi-device work it can run
+        queues += [train_queue(n) for n in range(2, devices + 1)]
     queues.append(worker_queue(name))
     ctx = context.init(settings, name, device)
+    ctx.devices = devices
     app = create_celery(settings, include=["worker.tasks"])
     from celery import signals
 
@@ -311,7 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a Celery worker")
     pin = worker.add_mutually_exclusive_group()
     pin.add_argument("--gpu", help="train on this GPU (pins CUDA_VISIBLE_DEVICES); queue: train")
+    pin.add_argument(
+        "--gpus",
+        help="train on these GPUs, e.g. 0,1: jobs asking for several "
+        "run with DistributedDataParallel",
+    )
     pin.add_argument("--cpu", action="store_true", help="train on the CPU; queue: train")
+    worker.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="with --cpu: processes a multi-device job may use (gloo backend)",
+    )
     worker.add_argument(
         "--queues",
         help="comma-separated queues (default: cpu, or train with "

@@ -95,9 +95,14 @@ def send_import(app: Celery, dataset_id: uuid.UUID) -> None:
     app.send_task(IMPORT_DATASET, args=[str(dataset_id)], queue=CPU_QUEUE, routing_key=CPU_QUEUE)
 
 
-def send_train(app: Celery, job_id: uuid.UUID, worker: str | None = None) -> None:
-    """Queue training: the shared `train` queue, or one worker's own queue when it asks for one."""
-    target = worker_queue(worker) if worker else TRAIN_QUEUE
+def train_queue(devices: int) -> str:
+    """The shared queue of jobs needing `devices` devices (1: plain `train`)."""
+    return TRAIN_QUEUE if devices <= 1 else f"{TRAIN_QUEUE}.x{devices}"
+
+
+def send_train(app: Celery, job_id: uuid.UUID, worker: str | None = None, devices: int = 1) -> None:
+    """Queue training: the shared queue for its device count, or a worker's own queue."""
+    target = worker_queue(worker) if worker else train_queue(devices)
     app.send_task(TRAIN, args=[str(job_id)], queue=target, routing_key=target)
 
 

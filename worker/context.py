@@ -21,6 +21,7 @@ class WorkerContext:
     name: str
     device: str | None = None  # "cpu", "cuda", or None (cuda when the child finds one)
     current_job: uuid.UUID | None = None
+    devices: int = 1  # GPUs (or CPU processes) one multi-device job may use
     heartbeat: Any = None
 
 

@@ -83,6 +83,15 @@ def run_job(job_id: uuid.UUID) -> None:
             job_service.finish_job(session, job_id, Status.ERROR, reason=str(exc))
             return
         attempts = job.attempts
+        if plan["world_size"] > ctx.devices:
+            job_service.finish_job(
+                session,
+                job_id,
+                Status.ERROR,
+                reason=f"the job asks for {plan['world_size']} devices; worker {ctx.name} has "
+                f"{ctx.devices} (start one with `digits worker --gpus 0,1,...`)",
+            )
+            return
     log.info(
         "job=%s attempt %d starts on %s (device %s)%s",
         job_id,
@@ -94,28 +103,36 @@ def run_job(job_id: uuid.UUID) -> None:
     ctx.current_job = job_id
     if ctx.heartbeat is not None:
         ctx.heartbeat.beat_now()
-    child = _mp_context().Process(
-        target=child_main,
-        args=(
-            ctx.settings.model_dump(mode="json"),
-            str(job_id),
-            plan,
-            ctx.device,
-            ctx.name,
-            os.getpid(),
-        ),
-        name=f"train-{job_id}",
-        daemon=False,
-    )
-    child.start()
-    _current_child.append(child)
+    world = int(plan.get("world_size") or 1)
+    port = _free_port() if world > 1 else 0
+    children = [
+        _mp_context().Process(
+            target=child_main,
+            args=(
+                ctx.settings.model_dump(mode="json"),
+                str(job_id),
+                plan,
+                ctx.device,
+                ctx.name,
+                os.getpid(),
+                {"rank": rank, "world_size": world, "port": port} if world > 1 else None,
+            ),
+            name=f"train-{job_id}-{rank}",
+            daemon=False,
+        )
+        for rank in range(world)
+    ]
+    for child in children:
+        child.start()
+        _current_child.append(child)
     try:
-        child.join()
+        _join_all(children)
     finally:
         _current_child.clear()
         ctx.current_job = None
         if ctx.heartbeat is not None:
             ctx.heartbeat.beat_now()
+    child = next((c for c in children if c.exitcode != 0), children[0])
     if child.exitcode != 0:
         _after_crash(job_id, attempts, child.exitcode)
     with session_scope(ctx.sessions) as session:
@@ -127,6 +144,29 @@ def run_job(job_id: uuid.UUID) -> None:
             if item is not None:
                 dispatch.try_deliver(current_app, session, item)
     log.info("job=%s attempt %d ended on %s", job_id, attempts, ctx.name)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _join_all(children: list[Any]) -> None:
+    """Wait for every rank; when one dies, the others cannot go on: stop them."""
+    while True:
+        alive = [c for c in children if c.exitcode is None]
+        if not alive:
+            return
+        if any(c.exitcode not in (None, 0) for c in children):
+            for c in alive:
+                c.kill()
+            for c in alive:
+                c.join()
+            return
+        alive[0].join(timeout=0.5)
 
 
 def _after_crash(job_id: uuid.UUID, attempts: int, exitcode: int | None) -> None:
@@ -194,6 +234,7 @@ def _plan(session: Any, settings: Settings, job: Job) -> dict[str, Any]:
         "out_dir": str(out_dir),
         "init_checkpoint": init_checkpoint,
         "resume_checkpoint": str(last) if last.exists() else None,
+        "world_size": int(request.get("gpus") or 1),
     }
 
 
@@ -241,8 +282,18 @@ def child_main(
     device: str | None,
     worker_name: str | None = None,
     worker_pid: int | None = None,
+    dist: dict[str, int] | None = None,
 ) -> None:
-    """Entry point of the training child: train, report, and record the outcome."""
+    """Entry point of the training child: train, report, and record the outcome.
+
+    With `dist`, this is one rank of a DistributedDataParallel job: rank 0 reports and
+    records, the others only train.
+    """
+    if dist is not None and dist["rank"] != 0:
+        _follower(settings_json, plan, device, worker_pid, dist)
+        return
+    if dist is not None:
+        _init_distributed(device, dist)
     settings = Settings.model_validate(settings_json)
     job_id = uuid.UUID(job_id_str)
     if worker_pid:
@@ -296,6 +347,8 @@ def child_main(
         device=device,
         init_checkpoint=Path(plan["init_checkpoint"]) if plan["init_checkpoint"] else None,
         resume_checkpoint=resume,
+        rank=0,
+        world_size=dist["world_size"] if dist else 1,
     )
     status, reason = Status.DONE, None
     try:
@@ -332,3 +385,70 @@ def child_main(
     engine.dispose()
     logging.getLogger().removeHandler(handler)
     handler.close()
+
+
+def _init_distributed(device: str | None, dist: dict[str, int]) -> None:
+    """Join the job's process group (NCCL on GPUs, gloo on CPUs)."""
+    import torch
+    import torch.distributed as tdist
+
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(dist["rank"])
+    tdist.init_process_group(
+        backend="nccl" if cuda else "gloo",
+        init_method=f"tcp://127.0.0.1:{dist['port']}",
+        rank=dist["rank"],
+        world_size=dist["world_size"],
+    )
+
+
+class _Silent:
+    """The reporter of ranks other than 0: rank 0 speaks for the job."""
+
+    def metrics(self, *_args: object) -> None:
+        return None
+
+    def progress(self, *_args: object) -> None:
+        return None
+
+    def checkpoint_saved(self, *_args: object) -> None:
+        return None
+
+    def should_stop(self) -> bool:
+        return False
+
+    def log(self, *_args: object) -> None:
+        return None
+
+
+def _follower(
+    settings_json: dict[str, Any],
+    plan: dict[str, Any],
+    device: str | None,
+    worker_pid: int | None,
+    dist: dict[str, int],
+) -> None:
+    """A rank other than 0 of a distributed job: train in step with rank 0, report nothing."""
+    settings = Settings.model_validate(settings_json)
+    configure_logging(settings.log_level)
+    if worker_pid:
+        threading.Thread(target=_watch_parent, args=(worker_pid,), daemon=True).start()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # rank 0 decides when to stop
+    _init_distributed(device, dist)
+    from shared.schemas.jobs import Hyperparameters
+    from worker.training.engine import TrainSpec, train
+
+    resume = plan.get("resume_checkpoint")
+    spec = TrainSpec(
+        dataset_dir=Path(plan["dataset_dir"]),
+        network=plan["network"],
+        hyper=Hyperparameters.model_validate(plan["hyper"]),
+        out_dir=Path(plan["out_dir"]),
+        device=f"cuda:{dist['rank']}" if device == "cuda" else device,
+        init_checkpoint=Path(plan["init_checkpoint"]) if plan["init_checkpoint"] else None,
+        resume_checkpoint=Path(resume) if resume and Path(resume).exists() else None,
+        rank=dist["rank"],
+        world_size=dist["world_size"],
+    )
+    train(spec, _Silent())  # type: ignore[arg-type]

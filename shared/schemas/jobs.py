@@ -187,7 +187,14 @@ class JobCreate(_Strict):
     gpu: str | None = Field(
         default=None,
         max_length=200,
-        description="Run on this worker (its name); any free one if omitted",
+        description="Run on this worker (its name) or GPU (its UUID); any free one if omitted",
+    )
+    gpus: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Devices for this job: more than 1 trains with DistributedDataParallel on "
+        "a worker started with that many (`digits worker --gpus 0,1`)",
     )
 
     @field_validator("network", mode="before")
@@ -216,6 +223,7 @@ class JobClone(_Strict):
         default=None, description="Merged into the original hyperparameters"
     )
     gpu: str | None = None
+    gpus: int | None = Field(default=None, ge=1, le=16)
 
     @field_validator("network", mode="before")
     @classmethod

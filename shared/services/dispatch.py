@@ -36,6 +36,7 @@ class Send:
     id: uuid.UUID
     task: str
     target: str | None  # a worker's name for a job that asked for one
+    devices: int = 1
 
 
 def job_send(job: Job, workers: list[Worker] | None = None) -> Send | None:
@@ -54,7 +55,7 @@ def job_send(job: Job, workers: list[Worker] | None = None) -> Send | None:
             if owner is None:
                 return None
             target = owner
-        return Send("job", job.id, queue.TRAIN, target)
+        return Send("job", job.id, queue.TRAIN, target, int(job.request.get("gpus") or 1))
     task = queue.INFER if job.kind == JobKind.INFERENCE.value else queue.EVALUATE
     return Send("job", job.id, task, None)
 
@@ -62,7 +63,7 @@ def job_send(job: Job, workers: list[Worker] | None = None) -> Send | None:
 def deliver(celery: Celery, item: Send) -> None:
     """Put the message on the broker (raises when the broker is unreachable)."""
     if item.task == queue.TRAIN:
-        queue.send_train(celery, item.id, item.target)
+        queue.send_train(celery, item.id, item.target, item.devices)
     elif item.task == queue.IMPORT_DATASET:
         queue.send_import(celery, item.id)
     else:

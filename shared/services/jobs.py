@@ -209,6 +209,7 @@ def create_training_jobs(session: Session, data: JobCreate, user: User) -> list[
             "network": data.network.model_dump(mode="json"),
             "hyperparameters": hyper.model_dump(mode="json"),
             "gpu": data.gpu,
+            "gpus": data.gpus,
         }
         job = Job(
             kind=JobKind.TRAIN.value,

@@ -89,6 +89,10 @@ class TrainSpec:
     device: str | None = None
     init_checkpoint: Path | None = None
     resume_checkpoint: Path | None = None
+    # DistributedDataParallel: this process's rank among world_size (the process group is
+    # initialised by the caller); each rank takes 1/world_size of every batch, rank 0 writes
+    rank: int = 0
+    world_size: int = 1
 
 
 @dataclass
@@ -302,6 +306,12 @@ class _Run:
     lr_used: float = 0.0
     images: int = 0
     side_seconds: float = 0.0  # validation and checkpoint writing, excluded from images/s
+    net: nn.Module | None = None  # what steps call: the model, or its DDP wrapper
+
+    @property
+    def distributed(self) -> bool:
+        """Whether this run is one rank of several."""
+        return self.spec.world_size > 1
 
     @property
     def epoch(self) -> float:
@@ -439,6 +449,15 @@ def _setup(spec: TrainSpec, reporter: Reporter) -> _Run:
         tracker=_Tracker(hp.best_metric, early),
         loss_buf=torch.zeros(log_interval, dtype=torch.float32, device=device),
     )
+    run.net = model
+    if spec.world_size > 1:
+        if batch_size % spec.world_size:
+            raise TrainingError(
+                f"batch size {batch_size} must divide evenly over {spec.world_size} devices"
+            )
+        from torch.nn.parallel import DistributedDataParallel
+
+        run.net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     if spec.resume_checkpoint is not None:
         _resume(run, spec.resume_checkpoint)
     return run
@@ -508,7 +527,9 @@ def _checkpoint_dict(run: _Run) -> dict[str, Any]:
 
 
 def _save(run: _Run, names: list[str], is_best: bool) -> None:
-    """Serialise the state once and write it under each name."""
+    """Serialise the state once and write it under each name (rank 0 only)."""
+    if run.spec.rank != 0:
+        return
     t0 = time.perf_counter()
     run.sync()
     data = ckpt.serialize(_checkpoint_dict(run))
@@ -530,6 +551,11 @@ def _report_train(run: _Run) -> None:
     k = run.log_count
     if k == 0:
         return
+    if run.distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(run.loss_buf)
+        run.loss_buf.div_(run.spec.world_size)
     losses = run.loss_buf[:k].tolist()
     for j, value in enumerate(losses):
         if not math.isfinite(value):
@@ -610,13 +636,30 @@ def _micro_batches(run: _Run, epoch: int, first_step: int) -> Iterator[tuple[tor
     step_images = run.batch_size * run.accumulation
     order = epoch_order(
         len(run.train_split), run.train_iter * step_images, run.seed, epoch, run.hyper.shuffle
-    )
-    return run.train_split.batches(order[first_step * step_images :], run.batch_size)
+    )[first_step * step_images :]
+    if run.distributed:  # every rank takes its slice of each batch of the same order
+        world, rank = run.spec.world_size, run.spec.rank
+        order = order.reshape(-1, run.batch_size)[:, rank::world].reshape(-1)
+        return run.train_split.batches(order, run.batch_size // world)
+    return run.train_split.batches(order, run.batch_size)
+
+
+def _should_stop(run: _Run) -> bool:
+    """The stop flag; ranks agree on it (rank 0's reporter decides) so none waits alone."""
+    stop = run.reporter.should_stop()
+    if not run.distributed:
+        return stop
+    import torch.distributed as dist
+
+    flag = torch.tensor([1.0 if stop else 0.0], device=run.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def train_one_epoch(run: _Run, epoch: int) -> Outcome | None:
     """Optimizer steps of one epoch from where the run stands; an outcome if it ends early."""
     model, optimizer, scheduler, scaler = run.model, run.optimizer, run.scheduler, run.scaler
+    net = run.net or model
     reporter, preprocess, gen = run.reporter, run.preprocess, run.aug_gen
     first = run.step - epoch * run.train_iter
     accumulation = run.accumulation
@@ -627,7 +670,7 @@ def train_one_epoch(run: _Run, epoch: int) -> Outcome | None:
     batches = _micro_batches(run, epoch, first)
     try:
         for _ in range(first, run.train_iter):
-            if reporter.should_stop():
+            if _should_stop(run):
                 _save(run, ["last"], False)
                 reporter.log(f"stopped at step {run.step} (epoch {run.epoch:.2f})")
                 return "stopped"
@@ -636,7 +679,7 @@ def train_one_epoch(run: _Run, epoch: int) -> Outcome | None:
                 images, labels = next(batches)
                 x = preprocess.train(images, gen)
                 with _autocast(run.device, run.amp_dtype):
-                    loss = F.cross_entropy(model(x), labels)
+                    loss = F.cross_entropy(net(x), labels)
                 slot.add_(loss.detach(), alpha=weight)
                 if accumulation > 1:
                     loss = loss * weight
