@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU run for a lent machine (the `device` tool), at most five minutes: training overhead
+# The GPU run for a lent machine (the `device` tool), about five minutes: training overhead
 # on CUDA (LeNet, ResNet-18), ResNet-50 at 224x224 in bf16 and channels-last on synthetic data,
 # and the service itself on the GPU (time to accuracy, GPU telemetry of a ResNet-18 job,
 # classify latency). Writes one JSON file: $OUT/gpu.json (or ./gpu.json).
@@ -18,4 +18,4 @@ else
   export PYTHONPATH=$PWD
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-timeout 290 python3 -m bench.gpu_bench --out "$OUT_DIR/gpu.json" 2>&1 | tee "$OUT_DIR/gpu.log"
+timeout 380 python3 -m bench.gpu_bench --out "$OUT_DIR/gpu.json" 2>&1 | tee "$OUT_DIR/gpu.log"

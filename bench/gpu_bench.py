@@ -276,13 +276,14 @@ def main() -> None:
     out = Path(args.out)
     import torch
 
+    cuda = torch.cuda.is_available()
     save(
         out,
         "device",
         {
-            "name": torch.cuda.get_device_name(0),
+            "name": torch.cuda.get_device_name(0) if cuda else "cpu",
             "torch": torch.__version__,
-            "bf16": torch.cuda.is_bf16_supported(),
+            "bf16": cuda and torch.cuda.is_bf16_supported(),
         },
     )
     for step in ([] if args.skip_overhead else [train_overhead]) + [service]:
