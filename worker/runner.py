@@ -336,6 +336,7 @@ def child_main(
         reporter.request_stop()
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which stops us
     reporter.flush()  # reads the abort flag: a job aborted while its child started stops here
     reporter.start()
     sampler = Sampler(reporter.telemetry, interval=settings.telemetry_interval).start()
@@ -435,6 +436,7 @@ def _follower(
     if worker_pid:
         threading.Thread(target=_watch_parent, args=(worker_pid,), daemon=True).start()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # rank 0 decides when to stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _init_distributed(device, dist)
     from shared.schemas.jobs import Hyperparameters
     from worker.training.engine import TrainSpec, train
