@@ -41,7 +41,7 @@ def train_overhead(out: Path) -> None:
     for case in cases:
         started = time.perf_counter()
         try:
-            result = bench_case(case, device, repeats=2, quick=False, profile=False)
+            result = bench_case(case, device, repeats=2, quick=False, profile=False, nchw=False)
         except Exception as exc:  # keep going: one case must not cost the others
             result = {"error": f"{type(exc).__name__}: {exc}"}
         result["seconds"] = round(time.perf_counter() - started, 1)
@@ -272,6 +272,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="gpu.json")
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-service", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
     import torch
@@ -286,7 +287,9 @@ def main() -> None:
             "bf16": cuda and torch.cuda.is_bf16_supported(),
         },
     )
-    for step in ([] if args.skip_overhead else [train_overhead]) + [service]:
+    steps = ([] if args.skip_overhead else [train_overhead]) + (
+        [] if args.skip_service else [service])
+    for step in steps:
         try:
             step(out)
         except Exception as exc:
