@@ -48,7 +48,8 @@ CeleryDep = Annotated[Celery, Depends(get_celery)]
 def get_current_user(request: Request, session: Annotated[Session, Depends(get_session)]) -> User:
     """The user of the request's bearer token; 401 problem otherwise."""
     user = users.authenticate(session, request.headers.get("authorization"))
-    session.commit()  # last_used_at
+    if session.dirty:
+        session.commit()  # last_used_at, at most once a minute
     return user
 
 

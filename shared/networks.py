@@ -95,7 +95,7 @@ class Conv2d(_Layer):
     out_channels: int = Field(ge=1, le=8192)
     kernel_size: int = Field(ge=1, le=31)
     stride: int = Field(default=1, ge=1, le=16)
-    padding: int | Literal["same"] = 0
+    padding: Annotated[int, Field(ge=0, le=64)] | Literal["same"] = 0
     groups: int = Field(default=1, ge=1)
     bias: bool = True
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+import time
 import uuid
 
 from sqlalchemy import func, select
@@ -63,6 +65,14 @@ def create_token(session: Session, user: User, name: str = "default") -> tuple[A
     return row, token
 
 
+# token hash -> (expiry on the monotonic clock, user): the lookup costs two database round
+# trips, paid once per token every CACHE_SECONDS. A revocation through this process takes
+# effect at once; through another API process, within CACHE_SECONDS.
+CACHE_SECONDS = 10.0
+_cache: dict[str, tuple[float, User]] = {}
+_cache_lock = threading.Lock()
+
+
 def authenticate(session: Session, authorization: str | None) -> User:
     """The user of an `Authorization: Bearer` header; 401 for missing, malformed or revoked."""
     if not authorization:
@@ -76,22 +86,43 @@ def authenticate(session: Session, authorization: str | None) -> User:
         raise Unauthorized(
             "the Authorization header must be `Bearer dgt_...`", code="malformed_token"
         )
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
-    if row is None:
+    digest = hash_token(token)
+    now = time.monotonic()
+    with _cache_lock:
+        hit = _cache.get(digest)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    found = session.execute(
+        select(ApiToken, User)
+        .join(User, User.id == ApiToken.user_id)
+        .where(ApiToken.token_hash == digest)
+    ).first()
+    if found is None:
         raise Unauthorized("unknown token", code="invalid_token")
+    row, user = found
     if row.revoked_at is not None:
         raise Unauthorized("this token was revoked", code="revoked_token")
-    user = session.get(User, row.user_id)
-    if user is None or user.disabled:
+    if user.disabled:
         raise Unauthorized("this token's user is disabled", code="invalid_token")
-    now = utcnow()
+    stamp = utcnow()
     last = row.last_used_at
     if (
         last is None
-        or (now - (last if last.tzinfo else last.replace(tzinfo=now.tzinfo))).total_seconds() > 60
+        or (stamp - (last if last.tzinfo else last.replace(tzinfo=stamp.tzinfo))).total_seconds()
+        > 60
     ):
-        row.last_used_at = now  # at most once a minute: no write per request
+        row.last_used_at = stamp  # at most once a minute: no write per request
+    with _cache_lock:
+        if len(_cache) > 10_000:
+            _cache.clear()
+        _cache[digest] = (now + CACHE_SECONDS, user)
     return user
+
+
+def forget_token(token_hash: str) -> None:
+    """Drop a token from this process's cache (after a revocation)."""
+    with _cache_lock:
+        _cache.pop(token_hash, None)
 
 
 def list_tokens(session: Session, user: User) -> list[ApiToken]:
@@ -111,6 +142,7 @@ def revoke_token(session: Session, user: User, token_id: uuid.UUID) -> ApiToken:
     if row.revoked_at is None:
         row.revoked_at = utcnow()
     session.flush()
+    forget_token(row.token_hash)
     return row
 
 
