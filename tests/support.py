@@ -85,17 +85,27 @@ class Stack:
         raise RuntimeError("model service did not start:\n" + self.log("model-server"))
 
     def start_worker(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        """A worker subprocess: `--queues cpu` for dataset work, `--cpu` to train."""
+        """A worker subprocess: `--queues cpu` for dataset work, `--cpu` to train.
+
+        It is ready when it has registered itself (its heartbeat row says alive).
+        """
         proc = self._spawn(
             f"worker-{name}", "worker", "--name", name, *(args or ("--queues", "cpu"))
         )
         deadline = time.monotonic() + 60
-        marker = b"ready."
+        headers = {"Authorization": f"Bearer {self.token}"}
         while time.monotonic() < deadline:
-            if marker in (self.logs / f"worker-{name}.log").read_bytes():
-                return proc
             if proc.poll() is not None:
                 break
+            try:
+                workers = httpx.get(self.url + "/api/v1/workers", headers=headers, timeout=5)
+                if workers.status_code == 200 and any(
+                    w["name"] == name and w["alive"] and w["pid"] == proc.pid
+                    for w in workers.json()
+                ):
+                    return proc
+            except httpx.HTTPError:
+                pass
             time.sleep(0.2)
         raise RuntimeError("worker did not start:\n" + self.log(f"worker-{name}"))
 

@@ -112,11 +112,19 @@ def authenticate(session: Session, authorization: str | None) -> User:
         > 60
     ):
         row.last_used_at = stamp  # at most once a minute: no write per request
+    # a transient copy: bound to no session, so no commit or rollback anywhere expires it
+    principal = User(
+        id=user.id,
+        name=user.name,
+        is_admin=user.is_admin,
+        disabled=user.disabled,
+        created_at=user.created_at,
+    )
     with _cache_lock:
         if len(_cache) > 10_000:
             _cache.clear()
-        _cache[digest] = (now + CACHE_SECONDS, user)
-    return user
+        _cache[digest] = (now + CACHE_SECONDS, principal)
+    return principal
 
 
 def forget_token(token_hash: str) -> None:

@@ -47,7 +47,13 @@ def fleet(
         with stack.client() as client:
             resp = post_dataset(
                 client,
-                {"name": "digits", "image_width": 28, "image_height": 28, "channels": 1},
+                {
+                    "name": "digits",
+                    "image_width": 28,
+                    "image_height": 28,
+                    "channels": 1,
+                    "max_per_class": 60,
+                },
                 {"archive": ("digits.zip", digits_zip.read_bytes(), "application/zip")},
             )
             dataset = wait_for(client, f"/datasets/{resp.json()['id']}")
