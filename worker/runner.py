@@ -98,7 +98,7 @@ def run_job(job_id: uuid.UUID) -> None:
         attempts,
         ctx.name,
         ctx.device,
-        " resuming" if plan["resume_checkpoint"] else "",
+        " resuming" if plan["resume_candidates"] else "",
     )
     ctx.current_job = job_id
     if ctx.heartbeat is not None:
@@ -225,7 +225,12 @@ def _plan(session: Any, settings: Settings, job: Job) -> dict[str, Any]:
         init_checkpoint = row.path
         network = _head_free(source.request["network"])
     out_dir = storage.job_dir(settings, job.id)
-    last = out_dir / "checkpoints" / "last.pt"
+    # resume candidates: recorded checkpoints, newest first. A file written just before a
+    # crash, whose row (and metrics) never reached the database, is not among them.
+    rows = session.scalars(
+        select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step.desc())
+    ).all()
+    candidates = [[row.path, row.step] for row in rows if Path(row.path).exists()]
     assert job.dataset_id is not None
     return {
         "dataset_dir": str(storage.dataset_dir(settings, job.dataset_id)),
@@ -233,7 +238,7 @@ def _plan(session: Any, settings: Settings, job: Job) -> dict[str, Any]:
         "hyper": request["hyperparameters"],
         "out_dir": str(out_dir),
         "init_checkpoint": init_checkpoint,
-        "resume_checkpoint": str(last) if last.exists() else None,
+        "resume_candidates": candidates,
         "world_size": int(request.get("gpus") or 1),
     }
 
@@ -262,6 +267,19 @@ def _watch_parent(worker_pid: int) -> None:
         if gone:
             log.error("the worker (pid %d) is gone; the training process stops", worker_pid)
             os._exit(3)
+
+
+def _pick_resume(candidates: list[list[Any]]) -> tuple[Path | None, int]:
+    """The newest recorded checkpoint whose file holds the step its row says."""
+    from worker.training import checkpoint as ckpt
+
+    for path, step in candidates:
+        try:
+            if int(ckpt.load(Path(path))["step"]) == int(step):
+                return Path(path), int(step)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            log.warning("cannot resume from %s: %s", path, exc)
+    return None, -1
 
 
 def _forget_after(sessions: Any, job_id: uuid.UUID, step: int) -> None:
@@ -311,19 +329,15 @@ def child_main(
     from shared.schemas.jobs import Hyperparameters
     from worker.reporter import DbReporter
     from worker.telemetry import Sampler
-    from worker.training import checkpoint as ckpt
     from worker.training.engine import TrainingError, TrainSpec, train
 
-    resume = Path(plan["resume_checkpoint"]) if plan.get("resume_checkpoint") else None
+    resume, step = _pick_resume(plan.get("resume_candidates") or [])
     if resume is not None:
-        try:
-            step = int(ckpt.load(resume)["step"])
-            _forget_after(sessions, job_id, step)
-            log.info("job=%s resuming from %s at step %d", job_id, resume.name, step)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            log.warning("job=%s cannot resume from %s (%s); starting over", job_id, resume, exc)
-            resume = None
-            _forget_after(sessions, job_id, -1)
+        _forget_after(sessions, job_id, step)
+        log.info("job=%s resuming from %s at step %d", job_id, resume.name, step)
+    elif plan.get("resume_candidates"):
+        log.warning("job=%s no usable checkpoint to resume from; starting over", job_id)
+        _forget_after(sessions, job_id, -1)
 
     with session_scope(sessions) as session:
         job = session.get(Job, job_id)
@@ -441,7 +455,7 @@ def _follower(
     from shared.schemas.jobs import Hyperparameters
     from worker.training.engine import TrainSpec, train
 
-    resume = plan.get("resume_checkpoint")
+    resume, _step = _pick_resume(plan.get("resume_candidates") or [])
     spec = TrainSpec(
         dataset_dir=Path(plan["dataset_dir"]),
         network=plan["network"],
@@ -449,7 +463,7 @@ def _follower(
         out_dir=Path(plan["out_dir"]),
         device=f"cuda:{dist['rank']}" if device == "cuda" else device,
         init_checkpoint=Path(plan["init_checkpoint"]) if plan["init_checkpoint"] else None,
-        resume_checkpoint=Path(resume) if resume and Path(resume).exists() else None,
+        resume_checkpoint=resume,
         rank=dist["rank"],
         world_size=dist["world_size"],
     )
