@@ -8,6 +8,7 @@ the device, and the host reads device values back only once per logging interval
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import random
@@ -770,6 +771,14 @@ def train(spec: TrainSpec, reporter: Reporter) -> TrainResult:
     except RuntimeError as exc:
         if _is_cpu_oom(exc):
             raise oom from exc
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise TrainingError(
+                f"no space left on the disk while writing a checkpoint at step "
+                f"{run.step if run else 0}; the previous checkpoint is intact: free space, "
+                "then clone the job or resume from it"
+            ) from exc
         raise
     finally:
         if run is not None:
