@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from tests.support import (
+    LENET,
     ROOT,
     digits_arrays,
     free_port,
@@ -22,6 +23,8 @@ from tests.support import (
     write_class_folders,
     zip_folder,
 )
+
+IMPORTED: dict[str, dict] = {}
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +102,35 @@ def test_digits_import_on_the_embedded_default(up, tmp_path: Path) -> None:  # t
         assert resp.status_code == 202, resp.text
         ds = wait_for(client, f"/datasets/{resp.json()['id']}")
     assert ds["status"] == "done", ds["error"]
+    IMPORTED["digits"] = ds
     assert len(ds["classes"]) == 10
     assert ds["num_images"] == 1797
     assert ds["splits"]["val"]["images"] == pytest.approx(1797 * 0.25, abs=5)
+
+
+def test_lenet_trains_to_97_percent_on_the_embedded_default(up) -> None:  # type: ignore[no-untyped-def]
+    _proc, url, data = up
+    dataset = IMPORTED.get("digits")
+    assert dataset, "the import test runs first"
+    token = (data / "admin-token").read_text().strip()
+    with httpx.Client(
+        base_url=url + "/api/v1", timeout=60, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        resp = client.post(
+            "/jobs",
+            json={
+                "dataset_id": dataset["id"],
+                "name": "lenet",
+                "network": "lenet",
+                "hyperparameters": LENET,
+            },
+        )
+        assert resp.status_code == 202, resp.text
+        job = wait_for(client, f"/jobs/{resp.json()['jobs'][0]['id']}", timeout=300)
+        checkpoints = {c["name"] for c in client.get(f"/jobs/{job['id']}/checkpoints").json()}
+    assert job["status"] == "done", job["error"]
+    assert job["last"]["val.accuracy"]["value"] >= 0.97
+    assert {"best", "last"} <= checkpoints
 
 
 def test_ctrl_c_stops_everything_up_started(up) -> None:  # type: ignore[no-untyped-def]
