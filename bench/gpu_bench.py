@@ -288,7 +288,8 @@ def main() -> None:
         },
     )
     steps = ([] if args.skip_overhead else [train_overhead]) + (
-        [] if args.skip_service else [service])
+        [] if args.skip_service else [service]
+    )
     for step in steps:
         try:
             step(out)
