@@ -224,7 +224,7 @@ def post_dataset(
 
 
 LENET = {
-    "epochs": 12,
+    "epochs": 15,
     "batch_size": 32,
     "learning_rate": 0.05,
     "lr_policy": "step",

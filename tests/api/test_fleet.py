@@ -111,9 +111,13 @@ def test_twelve_jobs_spread_over_three_workers_each_run_once(fleet) -> None:  # 
                     range(1, len(queued) + 1)
                 )
                 if len(running) == 3 and queued:
-                    assert all(
-                        item["reason"] == "all 3 matching workers are busy"
-                        for item in queue["items"]
+                    # the queue is its own snapshot: a worker may have freed up since the
+                    # jobs were read, and then the first items say where they start
+                    reasons = [item["reason"] for item in queue["items"]]
+                    starting = [r for r in reasons if r.startswith("starting on host-")]
+                    assert len(starting) <= 3
+                    assert reasons[len(starting) :] == ["all 3 matching workers are busy"] * (
+                        len(reasons) - len(starting)
                     )
                     # each running job's worker reports that job
                     for j in running:
@@ -178,9 +182,11 @@ def test_prometheus_metrics_match_the_rest_endpoints(fleet) -> None:  # type: ig
 
 
 def test_a_job_records_process_telemetry(fleet) -> None:  # type: ignore[no-untyped-def]
-    stack, _ = fleet
+    stack, dataset_id = fleet
     with stack.client() as client:
-        job = client.get("/jobs", params={"status": "done", "per_page": 1}).json()["items"][0]
+        resp = client.post("/jobs", json=_job(dataset_id, "telemetry", epochs=8))
+        job = wait_for(client, f"/jobs/{resp.json()['jobs'][0]['id']}", timeout=300)
+        assert job["status"] == "done"
         points = client.get(
             f"/jobs/{job['id']}/metrics", params={"names": "process.rss_bytes,process.cpu_percent"}
         ).json()
