@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tarfile
 import tempfile
 import threading
@@ -276,4 +275,4 @@ def serve(settings: Settings, host: str, port: int) -> None:
     )
 
 
-__all__ = ["create_app", "pack", "serve", "shutil"]
+__all__ = ["create_app", "pack", "serve"]

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from api.deps import CeleryDep, CurrentUser, SessionDep, SettingsDep, get_current_user
 from shared import archives, dataset_store, queue, storage
-from shared.errors import DomainError, Forbidden, InvalidInput, NotFound
+from shared.errors import Forbidden, InvalidInput, NotFound
 from shared.models import Status, User
 from shared.schemas.common import PROBLEM_RESPONSES, Page, Problem
 from shared.schemas.datasets import DatasetOptions, DatasetRead, SamplePage, SampleRead, Split
@@ -427,6 +427,3 @@ def get_sample_image(
             f"{split} has {len(reader)} images; {index} is out of range", code="sample_not_found"
         )
     return Response(dataset_store.to_png_bytes(reader.image(index)), media_type="image/png")
-
-
-__all__ = ["DomainError", "router"]
