@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.errors import DomainError
@@ -96,6 +97,16 @@ def install_error_handlers(app: FastAPI) -> None:
             "Service unavailable",
             "the database is not answering; retry shortly",
             headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(StaleDataError)
+    async def _stale(_request: Request, exc: StaleDataError) -> JSONResponse:
+        # another request changed or deleted the row between our read and our write
+        return problem(
+            409,
+            "concurrent_change",
+            "Conflict",
+            "the resource was changed or deleted by another request; read it again",
         )
 
     @app.exception_handler(Exception)

@@ -128,7 +128,7 @@ def get_job(
     operation_id="update_job",
     summary="Edit a job's name, notes, group",
     response_model=JobRead,
-    responses=NOT_FOUND,
+    responses={**NOT_FOUND, 409: {"model": Problem}},
 )
 def update_job(
     job_id: uuid.UUID, body: JobUpdate, session: SessionDep, user: CurrentUser
