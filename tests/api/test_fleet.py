@@ -123,9 +123,15 @@ def test_twelve_jobs_spread_over_three_workers_each_run_once(fleet) -> None:  # 
                     for j in running:
                         if fleet_now[j["worker"]]["job_id"] == j["id"]:
                             checked_stages += 1
-                    detail = client.get(f"/jobs/{queued[0]}").json()
-                    assert detail["queue_position"] == 1
-                    assert detail["waiting_reason"] == queue["items"][0]["reason"]
+                    # the job's own record says the same (read a moment later: it may
+                    # have moved up or started meanwhile)
+                    detail = client.get(f"/jobs/{queued[-1]}").json()
+                    if detail["status"] == "waiting":
+                        assert 1 <= detail["queue_position"] <= len(queued)
+                        reason = detail["waiting_reason"]
+                        assert reason == "all 3 matching workers are busy" or (
+                            reason.startswith("starting on host-")
+                        )
             if all(j["status"] in ("done", "error", "aborted") for j in mine):
                 break
             time.sleep(0.3)
