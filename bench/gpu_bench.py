@@ -71,7 +71,7 @@ def service(out: Path) -> None:
     }
     log = open(tmp / "up.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up"],
+        [sys.executable, "-m", "cli", "up"],
         env=env,
         cwd=ROOT,
         stdout=log,

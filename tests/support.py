@@ -48,7 +48,7 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(self.logs / f"{name}.log", "ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "shared.cli", *args],
+                [sys.executable, "-m", "cli", *args],
                 env=self.env,
                 cwd=ROOT,
                 stdout=out,

@@ -36,7 +36,7 @@ def up(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def
     env.update({"DIGITS_DATA_DIR": str(data), "DIGITS_PORT": str(port)})
     log = open(data / "up.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up"],
+        [sys.executable, "-m", "cli", "up"],
         env=env,
         cwd=ROOT,
         stdout=log,

@@ -10,7 +10,7 @@ from tests.support import ROOT
 
 def test_a_worker_pinned_to_a_missing_gpu_refuses_to_start() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "worker", "--gpu", "7"],
+        [sys.executable, "-m", "cli", "worker", "--gpu", "7"],
         capture_output=True,
         text=True,
         timeout=60,

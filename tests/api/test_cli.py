@@ -12,7 +12,7 @@ import pytest
 
 from tests.support import ROOT, Stack, digits_arrays, write_class_folders
 
-DIGITS = [sys.executable, "-m", "shared.cli"]
+DIGITS = [sys.executable, "-m", "cli"]
 
 
 def run(

@@ -165,6 +165,12 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _any_free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     """Migrate, then run the API and the workers until Ctrl-C."""
     from shared import migrate
@@ -180,8 +186,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
     migrate.upgrade(settings)
     _first_start_token(settings)
     env = {**os.environ, "DIGITS_DATA_DIR": str(settings.resolved_data_dir)}
-    me = [sys.executable, "-m", "shared.cli"]
-    env.setdefault("DIGITS_MODEL_SERVER_URL", f"http://127.0.0.1:{port + 1}")
+    me = [sys.executable, "-m", "cli"]
+    if not settings.model_server_url:
+        # port+1 by default; another free port when something already listens there
+        model_port = port + 1 if _port_free("127.0.0.1", port + 1) else _any_free_port()
+        env["DIGITS_MODEL_SERVER_URL"] = f"http://127.0.0.1:{model_port}"
     procs: list[subprocess.Popen[bytes]] = [
         subprocess.Popen([*me, "api", "--host", host, "--port", str(port)], env=env),
         subprocess.Popen([*me, "model-server"], env=env),
@@ -361,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("revision", nargs="?", help="target revision (default head / -1)")
     db.set_defaults(func=_cmd_db)
 
-    from shared.client_cli import add_client_commands
+    from cli.client import add_client_commands
 
     add_client_commands(sub)
 
@@ -388,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `digits` console script."""
     args = build_parser().parse_args(argv)
     if getattr(args, "client", None) is not None:
-        from shared.client_cli import run_client
+        from cli.client import run_client
 
         return run_client(args)
     return int(args.func(args) or 0)

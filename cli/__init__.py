@@ -1,0 +1,1 @@
+"""The `digits` command: the composition root, which may import api/, worker/ and shared/."""
