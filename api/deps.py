@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from api import browser
 from shared.db import close_quietly
 from shared.models import User
 from shared.services import users
@@ -46,8 +47,8 @@ CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 
 def get_current_user(request: Request, session: Annotated[Session, Depends(get_session)]) -> User:
-    """The user of the request's bearer token; 401 problem otherwise."""
-    user = users.authenticate(session, request.headers.get("authorization"))
+    """The user of the request's bearer token or session cookie; 401 problem otherwise."""
+    user = users.authenticate(session, browser.authorization(request))
     if session.dirty:
         session.commit()  # last_used_at, at most once a minute
     return user

@@ -9,15 +9,29 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware
 from api.openapi import build_openapi
-from api.routers import catalog, datasets, fleet, health, jobs, models, prometheus, users
+from api.routers import (
+    catalog,
+    datasets,
+    events,
+    fleet,
+    health,
+    jobs,
+    models,
+    prometheus,
+    session,
+    ui,
+    users,
+)
 from shared.db import make_engine, make_session_factory
 from shared.logging import configure_logging
 from shared.queue import create_celery
 from shared.schemas.common import Problem
+from shared.services import dispatch
 from shared.settings import Settings, get_settings
 
 API_PREFIX = "/api/v1"
@@ -42,6 +56,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)
         app.state.celery = create_celery(settings)
+        # what a request's services enqueue leaves for the broker after its commit
+        dispatch.install(
+            app.state.session_factory, dispatch.CelerySender(app.state.celery, settings)
+        )
+        # the routes that call the model service run in the thread pool: a blocking client
+        app.state.model_http = httpx.Client(
+            base_url=settings.resolved_model_server_url, timeout=httpx.Timeout(60, connect=3)
+        )
         app.state.model_client = httpx.AsyncClient(
             base_url=settings.resolved_model_server_url, timeout=httpx.Timeout(60, connect=3)
         )
@@ -54,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.model_client.aclose()
+            app.state.model_http.close()
             engine.dispose()
 
     app = FastAPI(
@@ -61,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served by api.routers.ui from vendored files, not a CDN
         redoc_url=None,
         openapi_url="/openapi.json",
     )
@@ -69,6 +92,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
+    # the UI's modules shrink 3-4x; model archives are compressed already
+    app.add_middleware(
+        GZipMiddleware,
+        minimum_size=1024,
+        compresslevel=6,
+        exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/octet-stream"),
+    )
     app.include_router(health.router, prefix=API_PREFIX)
     guarded: dict[int | str, dict[str, Any]] = {
         401: {"model": Problem, "description": "Missing, malformed or revoked token"},
@@ -76,9 +106,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     }
     app.include_router(datasets.router, prefix=API_PREFIX, responses=guarded)
     app.include_router(jobs.router, prefix=API_PREFIX, responses=guarded)
+    app.include_router(events.router, prefix=API_PREFIX, responses=guarded)
     app.include_router(catalog.router, prefix=API_PREFIX, responses=guarded)
     app.include_router(fleet.router, prefix=API_PREFIX, responses=guarded)
     app.include_router(users.router, prefix=API_PREFIX, responses=guarded)
     app.include_router(models.router, prefix=API_PREFIX, responses=guarded)
     app.include_router(prometheus.router, responses=guarded)
+    app.include_router(session.router, prefix=API_PREFIX)
+    ui.install(app)
     return app

@@ -11,10 +11,18 @@ import httpx
 import pytest
 
 from api.main import create_app
+from api.routers.ui import PUBLIC_PATHS as UI_PUBLIC
 from shared.settings import Settings
 from tests.support import Stack
 
-PUBLIC = {"/api/v1/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}
+PUBLIC = {
+    "/api/v1/health",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/openapi.json",
+    "/redoc",
+    *UI_PUBLIC,
+}
 
 
 def _walk(routes: list[Any], prefix: str = "") -> list[tuple[str, str]]:
