@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -273,7 +274,8 @@ def test_pil_bomb_warning_and_error_do_not_escape(
     assert reasons == {
         "a/warns.png": "image too large (1200x1000 pixels, over the limit of 1,000,000): "
         "refused as a possible decompression bomb",
-        "b/raises.png": "image too large (decompression bomb)",
+        "b/raises.png": "image too large (2,500,000 pixels, over the limit of 1,000,000): "
+        "refused as a possible decompression bomb",
     }
 
 
@@ -391,3 +393,89 @@ def test_failure_midway_leaves_no_files(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="disk on fire"):
         import_dataset(folder(tmp_path / "src"), opts(workers=2), out, progress=explode)
     assert files_in(out) == []
+
+
+# ----------------------------------------------------------------------------- symbolic links
+
+LINK_OUTSIDE = "symbolic link to outside the dataset folder"
+
+
+def other_users_data(tmp_path: Path) -> Path:
+    """A data directory holding another user's dataset: a mean image and its source files."""
+    other = tmp_path / "data" / "datasets" / "0b1c"
+    save_gray(other / "mean.png", np.full((10, 12), 250))
+    save_gray(other / "uploads" / "secret-cat.png", np.full((10, 12), 250))
+    (other / "uploads" / "notes-of-bob.txt").write_text("private")
+    return other
+
+
+def test_folder_links_out_of_the_root_are_skipped(tmp_path: Path) -> None:
+    other = other_users_data(tmp_path)
+    outside = save_gray(tmp_path / "elsewhere" / "photo.png", np.full((10, 12), 250))
+    src = tmp_path / "src"
+    make_classes(src, {"a": 3, "b": 3})
+    (src / "a" / "mean.png").symlink_to(other / "mean.png")  # a file link into the data dir
+    (src / "a" / "photo.png").symlink_to(outside)  # a file link elsewhere
+    (src / "b" / "theirs").symlink_to(other / "uploads", target_is_directory=True)
+    (src / "stolen").symlink_to(other, target_is_directory=True)  # a whole class folder
+    (src / "a" / "again.png").symlink_to(src / "b" / "img 000.png")  # inside the root: fine
+    result = import_dataset(folder(src), opts(val_pct=0.0), tmp_path / "out")
+    assert result.classes == ["a", "b"]
+    assert result.counts["train"] == [4, 3]
+    assert sorted((s["path"], s["reason"]) for s in result.skipped_samples) == [
+        ("a/mean.png", LINK_OUTSIDE),
+        ("a/photo.png", LINK_OUTSIDE),
+        ("b/theirs", LINK_OUTSIDE),
+        ("stolen", LINK_OUTSIDE),
+    ]
+    listed = json.dumps(result.skipped_samples)
+    for private in ("secret", "notes-of-bob", "0b1c", "uploads", "elsewhere"):
+        assert private not in listed, private
+    reader = store.open_split(tmp_path / "out", "train")
+    assert 250 not in reader.array()  # not one pixel of the other user's images
+
+
+def test_wrapping_folder_link_is_not_descended(tmp_path: Path) -> None:
+    make_classes(tmp_path / "theirs" / "wrapped", {"x": 3, "y": 3})
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "mine").symlink_to(tmp_path / "theirs", target_is_directory=True)
+    with pytest.raises(DatasetImportError, match="no images"):
+        import_dataset(folder(src), opts(), tmp_path / "out")
+
+
+def test_root_given_through_a_link_is_followed(tmp_path: Path) -> None:
+    make_classes(tmp_path / "real", {"a": 3, "b": 3})
+    (tmp_path / "alias").symlink_to(tmp_path / "real", target_is_directory=True)
+    result = import_dataset(folder(tmp_path / "alias"), opts(val_pct=0.0), tmp_path / "out")
+    assert result.counts["train"] == [3, 3]
+    assert result.skipped == 0
+
+
+def test_textfile_links_out_of_the_root_are_skipped(tmp_path: Path) -> None:
+    other = other_users_data(tmp_path)
+    root = tmp_path / "files"
+    lines = []
+    for k in range(2):
+        for i in range(3):
+            save_gray(root / f"c{k}" / f"{i}.png", np.full((5, 5), 40 * k + 20))
+            lines.append(f"c{k}/{i}.png {k}")
+    (root / "mean.png").symlink_to(other / "mean.png")
+    (root / "via").symlink_to(other / "uploads", target_is_directory=True)
+    (root / "alias.png").symlink_to(root / "c1" / "0.png")  # inside: fine
+    lines += ["mean.png 0", "via/secret-cat.png 1", "alias.png 1"]
+    (tmp_path / "list.txt").write_text("\n".join(lines))
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    source = Source(
+        kind="textfile",
+        root=root,
+        list_file=tmp_path / "list.txt",
+        labels_file=tmp_path / "labels.txt",
+    )
+    result = import_dataset(source, opts(val_pct=0.0), tmp_path / "out")
+    assert result.counts["train"] == [3, 4]
+    assert result.skipped_samples == [
+        {"path": "mean.png", "reason": LINK_OUTSIDE},
+        {"path": "via/secret-cat.png", "reason": LINK_OUTSIDE},
+    ]
+    assert 250 not in store.open_split(tmp_path / "out", "train").array()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shared import images
 from worker.datasets.resize import RESIZE_MODES, convert_channels, resize_image
 
 
@@ -189,3 +190,65 @@ def test_sixteen_bit_is_scaled() -> None:
 def test_bad_mode_rejected() -> None:
     with pytest.raises(ValueError, match="resize mode"):
         resize_image(halves(4, 4), 2, 2, 1, "stretch", rng())
+
+
+# ----------------------------------------------------------------------------- bounded resizing
+
+
+def random_image(rng: np.random.Generator, width: int, height: int, rgb: bool) -> Image.Image:
+    shape = (height, width, 3) if rgb else (height, width)
+    return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+
+
+def test_box_path_matches_resize_then_crop_within_one_grey_level() -> None:
+    """Resizing only the kept box gives DIGITS's resize-then-slice to within 1 level."""
+    rng = np.random.default_rng(11)
+    differing = total = worst = 0
+    for case in range(200):
+        w, h = int(rng.integers(2, 120)), int(rng.integers(2, 120))
+        img = random_image(rng, w, h, rgb=bool(case % 2))
+        width, height = int(rng.integers(2, 60)), int(rng.integers(2, 60))
+        width_ratio, height_ratio = w / width, h / height
+        if width_ratio == height_ratio:
+            continue
+        wide = width_ratio > height_ratio
+        if wide:
+            resize, length = (round(w / height_ratio), height), width
+            start = round((resize[0] - width) / 2.0)
+        else:
+            resize, length = (width, round(h / width_ratio)), height
+            start = round((resize[1] - height) / 2.0)
+        exact = images._resized_part(img, resize, start, length, wide, exact_max_pixels=1 << 40)
+        boxed = images._resized_part(img, resize, start, length, wide, exact_max_pixels=0)
+        assert exact.shape == boxed.shape
+        diff = np.abs(exact.astype(int) - boxed.astype(int))
+        differing += int((diff > 0).sum())
+        total += diff.size
+        worst = max(worst, int(diff.max()))
+    print(f"box path vs resize-then-crop: {differing} of {total} values differ, at most by {worst}")
+    assert worst <= 1
+
+
+def test_large_crop_resizes_only_the_box() -> None:
+    """A crop whose full resize is over EXACT_MAX_PIXELS still matches the full resize."""
+    src = random_image(np.random.default_rng(3), 3000, 40, rgb=False)
+    out = resize_image(src, 512, 512, 1, "crop", rng())
+    # resize to 38400x512 (19.7M pixels, over the limit), keep columns 18944..19455
+    assert images.EXACT_MAX_PIXELS < 38400 * 512
+    full = np.asarray(src.resize((38400, 512), Image.BILINEAR))[:, 18944:19456]
+    diff = np.abs(out.astype(int) - full.astype(int))
+    print(f"3000x40 crop to 512x512: {(diff > 0).sum()} of {diff.size} differ, max {diff.max()}")
+    assert out.shape == (512, 512)
+    assert diff.max() <= 1
+
+
+def test_thin_tall_squash_filters_columns_first() -> None:
+    """1x200000 to 64x64 is made in two passes (64 x 200000 would be the intermediate)."""
+    col = np.random.default_rng(8).integers(0, 256, (200_000, 1), dtype=np.uint8)
+    src = Image.fromarray(col)
+    out = resize_image(src, 64, 64, 1, "squash", rng())
+    expected = np.asarray(src.resize((1, 64), Image.BILINEAR).resize((64, 64), Image.BILINEAR))
+    np.testing.assert_array_equal(out, expected)
+    one_pass = np.asarray(src.resize((64, 64), Image.BILINEAR))
+    print(f"two passes vs Pillow's one: max difference {np.abs(out - one_pass.astype(int)).max()}")
+    assert np.abs(out.astype(int) - one_pass.astype(int)).max() <= 1

@@ -16,6 +16,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import stat
 import time
 import warnings
 from collections.abc import Callable
@@ -27,27 +28,20 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from shared import dataset_store as store
-from worker.datasets.resize import NOISE_MODES, RESIZE_MODES, resize_image
+from shared import images
+from shared.images import IMAGE_EXTENSIONS, NOISE_MODES, RESIZE_MODES
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-)
-# The only PIL decoders ever tried on a file; the JPEG one also yields MPO (multi-picture JPEG
-# of cameras), which is accepted too.
-Image.init()
-OPEN_FORMATS = tuple(
-    f for f in ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM") if f in Image.OPEN
-)
-ALLOWED_FORMATS = frozenset({*OPEN_FORMATS, "MPO"})
 IGNORED_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})
 AUTO_RAW_MAX_VALUES = 128 * 128 * 3
 IN_PROCESS_MAX_IMAGES = 500
 MAX_SKIPPED_SAMPLES = 100
+# The reason for a skipped link says nothing of where it leads (another user's files).
+LINK_OUTSIDE = "symbolic link to outside the dataset folder"
 CHUNK_IMAGES = 256
 CHUNK_BUFFER_BYTES = 32 * 1024 * 1024
 COMPACT_BLOCK_BYTES = 64 * 1024 * 1024
@@ -80,7 +74,7 @@ class ImportOptions:
     encoding: str = "auto"
     seed: int = 0
     shuffle: bool = True
-    max_image_pixels: int = 89_478_485
+    max_image_pixels: int = images.DEFAULT_MAX_PIXELS
     workers: int = 0
 
 
@@ -132,11 +126,6 @@ def _ignored(name: str) -> bool:
     return name.startswith(".") or name in IGNORED_NAMES
 
 
-def _is_image_name(name: str) -> bool:
-    """True when a file name has an image extension."""
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
 def _rel(path: str, base: Path) -> str:
     """Path relative to base, with forward slashes."""
     try:
@@ -151,15 +140,33 @@ def _visible_entries(folder: Path) -> list[os.DirEntry[str]]:
         return [e for e in it if not _ignored(e.name)]
 
 
+def _inside(path: str, root: str) -> bool:
+    """True when a normalised path lies inside root (no symlink resolution)."""
+    try:
+        return os.path.commonpath([path, root]) == root
+    except ValueError:
+        return False
+
+
+def _link_escapes(entry: os.DirEntry[str], real_root: str) -> bool:
+    """True for a symbolic link whose target lies outside the real dataset folder.
+
+    Only links need resolving: the walk enters no folder outside real_root, so a plain entry
+    of a folder inside it is inside it too (and listing costs no extra system call).
+    """
+    return entry.is_symlink() and not _inside(os.path.realpath(entry.path), real_root)
+
+
 def _folder_root(root: Path) -> Path:
     """Descend through single top-level folders that wrap the class folders."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetImportError(f"folder not found: {root.name or root}")
+    real_root = os.path.realpath(root)
     for _ in range(8):
         entries = _visible_entries(root)
-        dirs = [e for e in entries if e.is_dir()]
-        has_images = any(e.is_file() and _is_image_name(e.name) for e in entries)
+        dirs = [e for e in entries if e.is_dir() and not _link_escapes(e, real_root)]
+        has_images = any(e.is_file() and images.is_image_name(e.name) for e in entries)
         # one folder that itself holds folders wraps the classes; one folder of images is
         # a single class (and the import then says it needs two)
         if (
@@ -174,8 +181,12 @@ def _folder_root(root: Path) -> Path:
     return root
 
 
-def _walk_images(folder: Path, base: Path, skips: _Skips) -> list[str]:
-    """Image paths under folder, recursively and sorted; other files are recorded as skipped."""
+def _walk_images(folder: Path, base: Path, real_root: str, skips: _Skips) -> list[str]:
+    """Image paths under folder, recursively and sorted; other files are recorded as skipped.
+
+    Symbolic links are followed only where they stay inside real_root, the dataset folder's
+    real path; the others are skipped without saying where they lead.
+    """
     found: list[str] = []
     stack = [os.fspath(folder)]
     seen: set[str] = set()
@@ -192,6 +203,9 @@ def _walk_images(folder: Path, base: Path, skips: _Skips) -> list[str]:
             name = entry.name
             if name[0] == "." or name in IGNORED_NAMES:
                 continue
+            if _link_escapes(entry, real_root):
+                skips.add(_rel(entry.path, base), LINK_OUTSIDE)
+                continue
             if entry.is_dir():
                 subdirs.append(entry.path)
             elif name[name.rfind(".") :].lower() in IMAGE_EXTENSIONS:
@@ -206,12 +220,15 @@ def _scan_folder(source: Source, skips: _Skips) -> tuple[list[str], dict[str, li
     """Class names (sorted sub-folder names) and the image paths of each class."""
     base = Path(source.root)
     root = _folder_root(base)
+    real_root = os.path.realpath(base)
     classes: dict[str, list[str]] = {}
     for entry in sorted(_visible_entries(root), key=lambda e: e.name):
-        if entry.is_dir():
-            classes[entry.name] = _walk_images(Path(entry.path), base, skips)
+        if _link_escapes(entry, real_root):
+            skips.add(_rel(entry.path, base), LINK_OUTSIDE)
+        elif entry.is_dir():
+            classes[entry.name] = _walk_images(Path(entry.path), base, real_root, skips)
         elif entry.is_file():
-            reason = "image outside any class folder" if _is_image_name(entry.name) else None
+            reason = "image outside any class folder" if images.is_image_name(entry.name) else None
             skips.add(_rel(entry.path, base), reason or "not an image file")
     return list(classes), classes
 
@@ -228,12 +245,26 @@ def _read_labels_file(path: Path) -> list[str]:
     return names
 
 
-def _inside(path: str, root: str) -> bool:
-    """True when a normalised path lies inside root (no symlink resolution)."""
-    try:
-        return os.path.commonpath([path, root]) == root
-    except ValueError:
-        return False
+class _RealPaths:
+    """Whether listed files really lie inside a folder, resolving each parent folder once."""
+
+    def __init__(self, root: str) -> None:
+        self.real_root = os.path.realpath(root)
+        self._parents: dict[str, bool] = {}
+
+    def inside(self, path: str) -> bool:
+        """True when path, followed through any symbolic links, stays inside the folder."""
+        parent = os.path.dirname(path)
+        ok = self._parents.get(parent)
+        if ok is None:
+            ok = self._parents[parent] = _inside(os.path.realpath(parent), self.real_root)
+        if not ok:
+            return False
+        try:
+            is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+        except OSError:  # missing: the decoder says "file not found" later
+            return True
+        return not is_link or _inside(os.path.realpath(path), self.real_root)
 
 
 def _scan_textfile(source: Source, num_classes: int, skips: _Skips) -> list[tuple[str, int, int]]:
@@ -246,6 +277,7 @@ def _scan_textfile(source: Source, num_classes: int, skips: _Skips) -> list[tupl
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetImportError(f"cannot read list file {name}: {exc}") from exc
     root = os.path.normpath(os.path.abspath(source.root))
+    real = _RealPaths(root)
     out: list[tuple[str, int, int]] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
@@ -267,8 +299,10 @@ def _scan_textfile(source: Source, num_classes: int, skips: _Skips) -> list[tupl
         full = os.path.normpath(os.path.join(root, parts[0]))
         if not _inside(full, root):
             skips.add(parts[0], "path outside the dataset folder")
-        elif not _is_image_name(full):
+        elif not images.is_image_name(full):
             skips.add(parts[0], "not an image file")
+        elif not real.inside(full):
+            skips.add(parts[0], LINK_OUTSIDE)
         else:
             out.append((full, label, lineno))
     return out
@@ -482,33 +516,15 @@ def _chunk_file(partial: Path, split: str, start: int) -> Path:
 
 
 def _load(job: _Job, path: str, index: int) -> np.ndarray:
-    """Decode, convert and resize one image."""
+    """Decode, convert and resize one image: H x W x C uint8."""
     try:
-        with Image.open(path, formats=OPEN_FORMATS) as img:
-            if img.format not in ALLOWED_FORMATS:
-                raise _Skip(f"unsupported image format {img.format}")
-            w, h = img.size
-            if w * h > job.max_pixels:
-                raise _Skip(
-                    f"image too large ({w}x{h} pixels, over the limit of "
-                    f"{job.max_pixels:,}): refused as a possible decompression bomb"
-                )
-            rng = None
-            if job.mode in NOISE_MODES and (w, h) != (job.width, job.height):
-                rng = _rng(job.seed, index)
-            return resize_image(img, job.width, job.height, job.channels, job.mode, rng)
-    except _Skip:
-        raise
-    except FileNotFoundError:
-        raise _Skip("file not found") from None
-    except UnidentifiedImageError:
-        raise _Skip("not a readable PNG, JPEG, BMP, GIF, TIFF, WEBP or PPM image") from None
-    except Image.DecompressionBombError:
-        raise _Skip("image too large (decompression bomb)") from None
-    except MemoryError:
-        raise _Skip("image too large to decode") from None
-    except Exception as exc:
-        raise _Skip(f"corrupt or unreadable image ({type(exc).__name__}: {exc})"[:200]) from None
+        img = images.decode(path, max_pixels=job.max_pixels)
+        rng = None
+        if job.mode in NOISE_MODES and img.size != (job.width, job.height):
+            rng = _rng(job.seed, index)
+        return images.prepare(img, job.width, job.height, job.channels, job.mode, rng)
+    except images.ImageError as exc:
+        raise _Skip(exc.message) from None
 
 
 def _process_chunk(job: _Job, split_name: str, start: int, end: int) -> _ChunkResult:
@@ -525,10 +541,7 @@ def _process_chunk(job: _Job, split_name: str, start: int, end: int) -> _ChunkRe
             except _Skip as exc:
                 failed.append((start + j, str(exc)))
                 continue
-            if job.channels == 1:
-                buf[j, :, :, 0] = arr
-            else:
-                buf[j] = arr
+            buf[j] = arr
     lengths = None
     if job.encoding == "raw":
         # pwrite into the preallocated .npy: much cheaper than dirtying a memory map page by page

@@ -3,20 +3,17 @@ classify, and export (TorchScript, ONNX, safetensors). Pure torch: no HTTP, SQL 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
-from worker.datasets.resize import resize_image
+from shared import images
 from worker.training import checkpoint as ckpt
 from worker.training.models import build_model
 
@@ -144,7 +141,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> LoadedMod
     )
 
 
-ALLOWED_FORMATS = {"PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM"}
+ALLOWED_FORMATS = images.ALLOWED_FORMATS
 
 
 def prepare_image(
@@ -155,29 +152,19 @@ def prepare_image(
     height: int,
     channels: int,
     resize_mode: str,
-    max_pixels: int = 89_478_485,
+    max_pixels: int = images.DEFAULT_MAX_PIXELS,
     seed: int = 0,
 ) -> np.ndarray:
-    """Decode one uploaded image and give it the dataset's size, channels and resize mode."""
+    """Decode one uploaded image and give it the dataset's size, channels and resize mode.
+
+    The same rules as dataset import (shared.images): same formats, limits and messages.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.format not in ALLOWED_FORMATS:
-                raise InferenceInputError(
-                    f"{name}: {img.format or 'unknown'} images are not "
-                    f"accepted (use PNG, JPEG, BMP, GIF, TIFF or WEBP)"
-                )
-            if img.width * img.height > max_pixels:
-                raise InferenceInputError(f"{name}: {img.width}x{img.height} is too large")
-            img.load()
-    except InferenceInputError:
-        raise
-    except Exception as exc:
-        raise InferenceInputError(f"{name}: not a readable image ({exc})") from exc
-    rng = np.random.default_rng(seed)
-    arr = resize_image(img, width, height, channels, resize_mode, rng)
-    return arr.reshape(height, width, channels)
+        img = images.decode(data, max_pixels=max_pixels)
+        rng = np.random.default_rng(seed)
+        return images.prepare(img, width, height, channels, resize_mode, rng)
+    except images.ImageError as exc:
+        raise InferenceInputError(f"{name}: {exc.message}") from None
 
 
 def top_k(probs: np.ndarray, classes: list[str], k: int) -> list[list[dict[str, Any]]]:
