@@ -23,6 +23,7 @@ from shared.archives import (
     extract_archive,
     inspect_archive,
 )
+from tests.shared.test_archive_bombs import gnu_sparse_tar
 
 JPEG = b"\xff\xd8\xff\xe0" + b"fake image bytes " * 20
 
@@ -200,6 +201,10 @@ def case_encrypted_member(tmp: Path) -> tuple[Path, ArchiveLimits]:
     return path, DEFAULT
 
 
+def case_sparse_member(tmp: Path) -> tuple[Path, ArchiveLimits]:
+    return gnu_sparse_tar(tmp / "upload.tar", realsize=10 * 1024**2), DEFAULT
+
+
 HOSTILE: dict[str, Case] = {
     "not_an_archive": case_not_an_archive,
     "corrupt_archive": case_corrupt_archive,
@@ -213,6 +218,7 @@ HOSTILE: dict[str, Case] = {
     "compression_ratio": case_compression_ratio,
     "nested_archive": case_nested_archive,
     "encrypted_member": case_encrypted_member,
+    "sparse_member": case_sparse_member,
 }
 
 
@@ -262,7 +268,7 @@ def test_extract_rejects_and_writes_nothing(tmp_path: Path, code: str) -> None:
 def test_zip_names(tmp_path: Path, name: str, code: str) -> None:
     path = write_zip(tmp_path / "a.zip", [("cats/1.jpg", JPEG), (name, b"pwned")])
     with pytest.raises(UnsafeArchive) as err:
-        inspect_archive(path)
+        inspect_archive(path, DEFAULT)
     assert err.value.code == code
     assert name in err.value.message
 
@@ -272,13 +278,13 @@ def test_zip_symlink_and_fifo(tmp_path: Path) -> None:
     link.external_attr = (stat.S_IFLNK | 0o777) << 16
     path = write_zip(tmp_path / "a.zip", [("cats/1.jpg", JPEG), (link, b"/etc/passwd")])
     with pytest.raises(UnsafeArchive, match=r"link\.jpg") as err:
-        extract_archive(path, tmp_path / "dest")
+        extract_archive(path, tmp_path / "dest", DEFAULT)
     assert err.value.code == "link_member"
     fifo = zipfile.ZipInfo("cats/pipe")
     fifo.external_attr = (stat.S_IFIFO | 0o644) << 16
     path = write_zip(tmp_path / "b.zip", [("cats/1.jpg", JPEG), (fifo, b"")])
     with pytest.raises(UnsafeArchive) as err:
-        inspect_archive(path)
+        inspect_archive(path, DEFAULT)
     assert err.value.code == "special_file"
     assert tree(tmp_path / "dest") == {}
 
@@ -286,12 +292,12 @@ def test_zip_symlink_and_fifo(tmp_path: Path) -> None:
 def test_tar_hardlink_and_device(tmp_path: Path) -> None:
     hard = [*good_tar_entries(), tar_entry("cats/h.jpg", tarfile.LNKTYPE, "cats/1.jpg")]
     with pytest.raises(UnsafeArchive) as err:
-        inspect_archive(write_tar(tmp_path / "a.tar", hard))
+        inspect_archive(write_tar(tmp_path / "a.tar", hard), DEFAULT)
     assert err.value.code == "link_member"
     for kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
         dev = [*good_tar_entries(), tar_entry("cats/dev", kind)]
         with pytest.raises(UnsafeArchive) as err:
-            inspect_archive(write_tar(tmp_path / "b.tar", dev))
+            inspect_archive(write_tar(tmp_path / "b.tar", dev), DEFAULT)
         assert err.value.code == "special_file"
 
 
@@ -322,7 +328,10 @@ def test_tar_gz_bomb(tmp_path: Path) -> None:
     entries = [*good_tar_entries(), tar_file("dogs/bomb.jpg", bytes(5 * 1024**2))]
     path = write_tar(tmp_path / "a.tgz", entries, gz=True)
     assert detect_kind(path) == "tar.gz"
-    for call in (lambda: inspect_archive(path), lambda: extract_archive(path, tmp_path / "d")):
+    for call in (
+        lambda: inspect_archive(path, DEFAULT),
+        lambda: extract_archive(path, tmp_path / "d", DEFAULT),
+    ):
         with pytest.raises(UnsafeArchive, match=r"bomb\.jpg") as err:
             call()
         assert err.value.code == "compression_ratio"
@@ -331,7 +340,7 @@ def test_tar_gz_bomb(tmp_path: Path) -> None:
 
 def test_small_highly_compressible_member_is_fine(tmp_path: Path) -> None:
     path = write_zip(tmp_path / "a.zip", [("cats/blank.png", bytes(512 * 1024))])
-    assert inspect_archive(path) == ArchiveInfo("zip", 1, 512 * 1024)
+    assert inspect_archive(path, DEFAULT) == ArchiveInfo("zip", 1, 512 * 1024)
 
 
 def test_lying_zip_header_smaller_than_data(tmp_path: Path) -> None:
@@ -339,10 +348,10 @@ def test_lying_zip_header_smaller_than_data(tmp_path: Path) -> None:
     data = write_zip(tmp_path / "a.zip", [("cats/1.jpg", JPEG), ("cats/2.jpg", noise)]).read_bytes()
     path = tmp_path / "lying.zip"
     path.write_bytes(patch_zip_member(data, "cats/2.jpg", size=100))
-    assert inspect_archive(path).total_bytes == len(JPEG) + 100  # headers look harmless
+    assert inspect_archive(path, DEFAULT).total_bytes == len(JPEG) + 100  # headers look harmless
     dest = tmp_path / "dest"
     with pytest.raises(UnsafeArchive, match=r"cats/2\.jpg") as err:
-        extract_archive(path, dest)
+        extract_archive(path, dest, DEFAULT)
     assert err.value.code == "corrupt_archive"  # zipfile stops at the declared size: bad CRC
     assert tree(dest) == {}
 
@@ -352,7 +361,7 @@ def test_lying_zip_header_larger_than_data(tmp_path: Path) -> None:
     path = tmp_path / "lying.zip"
     path.write_bytes(patch_zip_member(data, "cats/1.jpg", size=len(JPEG) + 50))
     with pytest.raises(UnsafeArchive) as err:
-        extract_archive(path, tmp_path / "dest")
+        extract_archive(path, tmp_path / "dest", DEFAULT)
     assert err.value.code == "corrupt_archive"
     assert tree(tmp_path / "dest") == {}
 
@@ -365,7 +374,7 @@ def test_written_bytes_are_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(zipfile.ZipFile, "open", overflowing_open)
     with pytest.raises(UnsafeArchive, match="more than") as err:
-        extract_archive(path, tmp_path / "dest")
+        extract_archive(path, tmp_path / "dest", DEFAULT)
     assert err.value.code == "too_large"
     assert tree(tmp_path / "dest") == {}
 
@@ -374,7 +383,7 @@ def test_nested_archive_suffixes(tmp_path: Path) -> None:
     for suffix in (".tar", ".tgz", ".tar.gz", ".gz", ".bz2", ".xz", ".7z", ".RAR"):
         path = write_zip(tmp_path / "a.zip", [("cats/1.jpg", JPEG), (f"cats/x{suffix}", b"x")])
         with pytest.raises(UnsafeArchive) as err:
-            inspect_archive(path)
+            inspect_archive(path, DEFAULT)
         assert err.value.code == "nested_archive", suffix
 
 
@@ -385,7 +394,7 @@ def test_empty_variants(tmp_path: Path) -> None:
     dirs_tar = write_tar(tmp_path / "c.tar", [tar_entry("cats", tarfile.DIRTYPE)])
     for path in (empty_zip, only_mac, dirs_tar):
         with pytest.raises(UnsafeArchive) as err:
-            extract_archive(path, tmp_path / "dest")
+            extract_archive(path, tmp_path / "dest", DEFAULT)
         assert err.value.code == "empty_archive"
     assert tree(tmp_path / "dest") == {}
 
@@ -398,13 +407,13 @@ def test_corrupt_variants(tmp_path: Path) -> None:
         path = tmp_path / "cut"
         path.write_bytes(data[: len(data) // 2])
         with pytest.raises(UnsafeArchive) as err:
-            inspect_archive(path)
+            inspect_archive(path, DEFAULT)
         assert err.value.code == "corrupt_archive", gz
     garbled = tmp_path / "garbled.tar.gz"
     garbled.write_bytes(b"\x1f\x8b\x08\x00" + b"\xff" * 200)
     assert detect_kind(garbled) is None
     with pytest.raises(UnsafeArchive) as err:
-        inspect_archive(garbled)
+        inspect_archive(garbled, DEFAULT)
     assert err.value.code == "corrupt_archive"
 
 
@@ -420,7 +429,7 @@ def test_not_an_archive_variants(tmp_path: Path) -> None:
     for path in (gz, png, empty):
         assert detect_kind(path) is None
         with pytest.raises(UnsafeArchive) as err:
-            extract_archive(path, tmp_path / "dest")
+            extract_archive(path, tmp_path / "dest", DEFAULT)
         assert err.value.code == "not_an_archive"
 
 
@@ -431,13 +440,13 @@ def test_bad_crc_midway_removes_everything_written(tmp_path: Path) -> None:
     data[last + 10] ^= 0xFF
     path = tmp_path / "bad.zip"
     path.write_bytes(bytes(data))
-    assert inspect_archive(path).members == 4  # only the data is bad
+    assert inspect_archive(path, DEFAULT).members == 4  # only the data is bad
     dest = tmp_path / "work" / "dest"
     dest.mkdir(parents=True)
     (dest / "cats").mkdir()
     (dest / "cats" / "old.jpg").write_bytes(b"old")
     with pytest.raises(UnsafeArchive, match=r"zebras/4\.jpg") as err:
-        extract_archive(path, dest)
+        extract_archive(path, dest, DEFAULT)
     assert err.value.code == "corrupt_archive"
     assert tree(dest) == {"cats": None, "cats/old.jpg": b"old"}
 
@@ -450,7 +459,7 @@ def test_symlink_already_in_dest_is_not_followed(tmp_path: Path) -> None:
     (dest / "cats").symlink_to(outside, target_is_directory=True)
     path = write_zip(tmp_path / "a.zip", list(good_entries().items()))
     with pytest.raises(UnsafeArchive) as err:
-        extract_archive(path, dest)
+        extract_archive(path, dest, DEFAULT)
     assert err.value.code == "link_member"
     assert list(outside.iterdir()) == []
 
@@ -459,7 +468,7 @@ def test_duplicate_member_is_rejected_on_extract(tmp_path: Path) -> None:
     entries = [tar_file("cats/1.jpg", JPEG), tar_file("cats/1.jpg", JPEG + b"again")]
     path = write_tar(tmp_path / "a.tar", entries)
     with pytest.raises(UnsafeArchive, match="twice") as err:
-        extract_archive(path, tmp_path / "dest")
+        extract_archive(path, tmp_path / "dest", DEFAULT)
     assert err.value.code == "corrupt_archive"
     assert tree(tmp_path / "dest") == {}
 
@@ -487,9 +496,9 @@ def test_good_zip(tmp_path: Path) -> None:
     path = write_zip(tmp_path / "upload.bin", entries)
     assert detect_kind(path) == "zip"
     size = sum(len(v) for v in good_entries().values())
-    assert inspect_archive(path) == ArchiveInfo("zip", 3, size)
+    assert inspect_archive(path, DEFAULT) == ArchiveInfo("zip", 3, size)
     dest = tmp_path / "dest"
-    assert extract_archive(path, dest) == ArchiveInfo("zip", 3, size)
+    assert extract_archive(path, dest, DEFAULT) == ArchiveInfo("zip", 3, size)
     assert tree(dest) == expected_tree()
     for file in dest.rglob("*.jpg"):
         assert stat.S_IMODE(file.stat().st_mode) == 0o644
@@ -498,7 +507,7 @@ def test_good_zip(tmp_path: Path) -> None:
 def test_good_zip_backslash_names(tmp_path: Path) -> None:
     entries = [(name.replace("/", "\\"), data) for name, data in good_entries().items()]
     path = write_zip(tmp_path / "win.zip", entries)
-    extract_archive(path, tmp_path / "dest")
+    extract_archive(path, tmp_path / "dest", DEFAULT)
     assert tree(tmp_path / "dest") == expected_tree()
 
 
@@ -506,7 +515,7 @@ def test_utf8_zip_name_without_flag(tmp_path: Path) -> None:
     data = write_zip(tmp_path / "a.zip", [("dogs/h\u00e9llo.jpg", JPEG)]).read_bytes()
     path = tmp_path / "infozip.zip"
     path.write_bytes(patch_zip_member(data, "dogs/h\u00e9llo.jpg", unflag=0x800))
-    extract_archive(path, tmp_path / "dest")
+    extract_archive(path, tmp_path / "dest", DEFAULT)
     assert tree(tmp_path / "dest") == {"dogs": None, "dogs/h\u00e9llo.jpg": JPEG}
 
 
@@ -518,7 +527,7 @@ def test_tar_with_garbled_later_header_is_corrupt(tmp_path: Path) -> None:
     path = tmp_path / "bad.tar"
     path.write_bytes(bytes(data))
     with pytest.raises(UnsafeArchive) as err:
-        inspect_archive(path)  # tarfile alone would quietly stop after two folders
+        inspect_archive(path, DEFAULT)  # tarfile alone would quietly stop after two folders
     assert err.value.code == "corrupt_archive"
 
 
@@ -535,7 +544,7 @@ def test_oversized_tar_header_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "big-header.tar"
     path.write_bytes(bytes(header))
     with pytest.raises(UnsafeArchive, match="at once") as err:
-        inspect_archive(path)
+        inspect_archive(path, DEFAULT)
     assert err.value.code == "too_large"
 
 
@@ -544,9 +553,9 @@ def test_good_tar(tmp_path: Path, gz: bool, kind: str) -> None:
     path = write_tar(tmp_path / "upload.zip", good_tar_entries(), gz=gz)  # misleading name
     assert detect_kind(path) == kind
     size = sum(len(v) for v in good_entries().values())
-    assert inspect_archive(path) == ArchiveInfo(kind, 3, size)
+    assert inspect_archive(path, DEFAULT) == ArchiveInfo(kind, 3, size)
     dest = tmp_path / "dest"
-    assert extract_archive(path, dest) == ArchiveInfo(kind, 3, size)
+    assert extract_archive(path, dest, DEFAULT) == ArchiveInfo(kind, 3, size)
     assert tree(dest) == expected_tree()
     for file in dest.rglob("*.jpg"):
         assert stat.S_IMODE(file.stat().st_mode) == 0o644  # setuid/exec bits dropped
@@ -555,7 +564,7 @@ def test_good_tar(tmp_path: Path, gz: bool, kind: str) -> None:
 def test_wrapping_folder_is_kept(tmp_path: Path) -> None:
     entries = [("dataset/", b"")] + [(f"dataset/{k}", v) for k, v in good_entries().items()]
     path = write_zip(tmp_path / "a.zip", entries)
-    extract_archive(path, tmp_path / "dest")
+    extract_archive(path, tmp_path / "dest", DEFAULT)
     assert tree(tmp_path / "dest") == expected_tree("dataset/")
 
 
@@ -577,7 +586,7 @@ def test_fuzzed_archives_fail_cleanly(tmp_path: Path) -> None:
         dest = work / f"d{i}"
         code = None
         try:
-            extract_archive(path, dest)
+            extract_archive(path, dest, DEFAULT)
         except UnsafeArchive as exc:
             code = exc.code
         if code is not None:
