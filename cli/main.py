@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 
 from shared.logging import configure_logging
@@ -155,91 +152,15 @@ def _cmd_openapi(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _any_free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _cmd_up(args: argparse.Namespace) -> int:
-    """Migrate, then run the API and the workers until Ctrl-C."""
-    from shared import migrate
+    """Migrate, then run and supervise the API, model service and workers until Ctrl-C."""
+    from cli.supervisor import run_up
 
     settings = get_settings()
     configure_logging(settings.log_level)
-    host, port = args.host or settings.host, args.port or settings.port
-    if not _port_free(host, port):
-        print(
-            f"error: {host}:{port} is in use; set DIGITS_PORT or stop what uses it", file=sys.stderr
-        )
-        return 2
-    migrate.upgrade(settings)
-    _first_start_token(settings)
-    env = {**os.environ, "DIGITS_DATA_DIR": str(settings.resolved_data_dir)}
-    me = [sys.executable, "-m", "cli"]
-    if not settings.model_server_url:
-        # port+1 by default; another free port when something already listens there
-        model_port = port + 1 if _port_free("127.0.0.1", port + 1) else _any_free_port()
-        env["DIGITS_MODEL_SERVER_URL"] = f"http://127.0.0.1:{model_port}"
-    procs: list[subprocess.Popen[bytes]] = [
-        subprocess.Popen([*me, "api", "--host", host, "--port", str(port)], env=env),
-        subprocess.Popen([*me, "model-server"], env=env),
-        subprocess.Popen(
-            [*me, "worker", "--queues", "cpu", "--name", f"cpu@{socket.gethostname()}"], env=env
-        ),
-    ]
-    from shared.gpus import detect_gpus
-
-    gpus = detect_gpus()
-    for gpu in gpus:
-        procs.append(subprocess.Popen([*me, "worker", "--gpu", str(gpu.index)], env=env))
-    if not gpus:
-        procs.append(subprocess.Popen([*me, "worker", "--cpu"], env=env))
-    url = f"http://{host}:{port}"
-    print(
-        f"digits is starting at {url}  (API docs: {url}/docs; Ctrl-C stops everything)", flush=True
+    return run_up(
+        settings, args.host or settings.host, args.port or settings.port, _first_start_token
     )
-    stopping = False
-
-    def stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    code = 0
-    try:
-        while not stopping:
-            for proc in procs:
-                if proc.poll() is not None:
-                    print(
-                        f"error: a service exited with {proc.returncode}; stopping", file=sys.stderr
-                    )
-                    stopping, code = True, 1
-            time.sleep(0.2)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 20
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    print("digits stopped", flush=True)
-    return code
 
 
 def _cmd_user(args: argparse.Namespace) -> int:

@@ -31,10 +31,6 @@ class Settings(BaseSettings):
     max_image_pixels: int = 89_478_485
     archive_max_members: int = 200_000
     archive_max_total_bytes: int = 20 * 1024**3
-    archive_max_member_bytes: int = Field(default=1024**3, gt=0, description="per archive file")
-    archive_max_expansion_ratio: float = Field(
-        default=200.0, gt=1, description="bytes extracted over archive bytes, at most"
-    )
     import_workers: int = 0
     log_level: str = "INFO"
     model_server_url: str = Field(
@@ -65,6 +61,30 @@ class Settings(BaseSettings):
     # Celery's Redis transport redelivers an unacknowledged task after this many seconds;
     # it must exceed the longest job (the claim on the job row makes a redelivery harmless).
     visibility_timeout: int = Field(default=7 * 24 * 3600 + 3600, gt=0)
+    # `digits up` supervision: restarts with backoff, graceful stop, per-process memory limits
+    restart_backoff_initial: float = Field(
+        default=0.5, gt=0, description="digits up: first wait before restarting a child (s)"
+    )
+    restart_backoff_max: float = Field(
+        default=30.0, gt=0, description="digits up: the wait doubles up to this (s)"
+    )
+    restart_reset_after: float = Field(
+        default=30.0, gt=0, description="digits up: a child up this long starts backoff afresh (s)"
+    )
+    stop_timeout: float = Field(
+        default=20.0, gt=0, description="digits up: SIGTERM to SIGKILL when stopping children (s)"
+    )
+    child_memory_limit_mb: int | None = Field(
+        default=None,
+        ge=0,
+        description="digits up: RLIMIT_DATA of each child (MiB); unset: half the machine's "
+        "memory, at least 2048; 0: none. GPU processes get none unless set per kind",
+    )
+    child_memory_limits_mb: dict[str, int] = Field(
+        default_factory=dict,
+        description='digits up: per kind, JSON, e.g. {"api": 2048}; kinds: api, model-server, '
+        "dataset-worker, train-worker, train-gpu; 0: none",
+    )
 
     @field_validator("import_roots", mode="before")
     @classmethod
@@ -97,6 +117,11 @@ class Settings(BaseSettings):
     def is_embedded_broker(self) -> bool:
         """True when the broker is the filesystem transport (the embedded default)."""
         return not self.broker_url or self.broker_url.startswith("filesystem")
+
+    @property
+    def supervisor_state_file(self) -> Path:
+        """Where `digits up` writes its children's state (read by /health)."""
+        return self.resolved_data_dir / "supervisor.json"
 
     @property
     def broker_dir(self) -> Path:
