@@ -1,16 +1,31 @@
-"""Health of the service and what it depends on."""
+"""Health of the service and what it depends on.
+
+`status` is `degraded` when any component is not ok; the HTTP status is 503 only when the API
+itself cannot serve (its database or its broker is down). A model service or a worker that is
+down or restarting gives 200 with `status: degraded`: the API still answers, submissions
+still queue, and a load balancer should keep sending traffic to it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+from datetime import datetime
+from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
 
 router = APIRouter(tags=["health"])
+
+CACHE_SECONDS = 1.0  # a poller cannot make /health cost more than one round of checks a second
+MODEL_SERVICE_TIMEOUT = 1.0
+STATE_FRESH_SECONDS = 5.0  # `digits up` rewrites its state file every second
 
 
 class ComponentHealth(BaseModel):
@@ -21,13 +36,46 @@ class ComponentHealth(BaseModel):
     latency_ms: float
 
 
+class ProcessHealth(BaseModel):
+    """One process that `digits up` runs and restarts."""
+
+    ok: bool = Field(description="The process is running")
+    kind: str = Field(description="api, model-server, dataset-worker, train-worker, train-gpu")
+    state: Literal["running", "restarting", "stopped"]
+    pid: int | None = Field(description="While running")
+    restarts: int = Field(description="Starts after the first")
+    last_exit: int | None = Field(
+        description="Exit code of the last run; negative: the signal that ended it"
+    )
+    since: datetime = Field(description="When it entered its state")
+    memory_limit_mb: int | None = Field(
+        default=None, description="Its RLIMIT_DATA in MiB; null: none"
+    )
+
+
 class Health(BaseModel):
     """The service and its dependencies."""
 
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded"] = Field(
+        description="degraded: some component is not ok (HTTP 503 only for database or broker)"
+    )
     version: str
     database: ComponentHealth
     broker: ComponentHealth
+    model_service: ComponentHealth
+    processes: dict[str, ProcessHealth] = Field(
+        default_factory=dict,
+        description="The children of `digits up` by name; empty when the API runs on its own",
+    )
+
+
+class _Checks:
+    """The dependency checks of the last second, shared by every request in it."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.at = -CACHE_SECONDS
+        self.value: tuple[ComponentHealth, ComponentHealth, ComponentHealth] | None = None
 
 
 def _check_database(request: Request) -> ComponentHealth:
@@ -53,6 +101,56 @@ def _check_broker(request: Request) -> ComponentHealth:
         return ComponentHealth(ok=False, detail=_first_line(exc), latency_ms=_ms(start))
 
 
+async def _check_model_service(request: Request) -> ComponentHealth:
+    start = time.perf_counter()
+    client = request.app.state.model_client
+    try:
+        resp = await client.get("/health", timeout=MODEL_SERVICE_TIMEOUT)
+        if resp.status_code != 200:
+            return ComponentHealth(
+                ok=False,
+                detail=f"{client.base_url}: HTTP {resp.status_code}",
+                latency_ms=_ms(start),
+            )
+        device = resp.json().get("device", "")
+        return ComponentHealth(ok=True, detail=str(device), latency_ms=_ms(start))
+    except Exception as exc:
+        return ComponentHealth(
+            ok=False, detail=f"{client.base_url}: {_first_line(exc)}", latency_ms=_ms(start)
+        )
+
+
+def read_processes(path: Path, now: float | None = None) -> dict[str, ProcessHealth]:
+    """The children in a fresh `digits up` state file; {} when missing, stale or unreadable."""
+    try:
+        doc = json.loads(path.read_bytes())
+        if (time.time() if now is None else now) - float(doc["written_at"]) > STATE_FRESH_SECONDS:
+            return {}  # its supervisor is gone (or this API runs without one)
+        return {
+            name: ProcessHealth(ok=child["state"] == "running", **child)
+            for name, child in doc["children"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, ValidationError):
+        return {}
+
+
+async def _dependencies(
+    request: Request,
+) -> tuple[ComponentHealth, ComponentHealth, ComponentHealth]:
+    checks: _Checks | None = getattr(request.app.state, "health_checks", None)
+    if checks is None:
+        checks = request.app.state.health_checks = _Checks()
+    async with checks.lock:  # one round at a time: the others wait for it and reuse it
+        if checks.value is None or time.monotonic() - checks.at >= CACHE_SECONDS:
+            database, broker, model_service = await asyncio.gather(
+                run_in_threadpool(_check_database, request),
+                run_in_threadpool(_check_broker, request),
+                _check_model_service(request),
+            )
+            checks.value, checks.at = (database, broker, model_service), time.monotonic()
+        return checks.value
+
+
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 2)
 
@@ -65,18 +163,24 @@ def _first_line(exc: Exception) -> str:
 @router.get(
     "/health",
     operation_id="get_health",
-    summary="Health of the API, its database and its broker",
+    summary="Health of the API, its database, broker, model service and processes",
     response_model=Health,
-    responses={503: {"model": Health, "description": "A dependency is down"}},
+    responses={503: {"model": Health, "description": "The database or the broker is down"}},
 )
-def get_health(request: Request) -> JSONResponse:
-    """Report the database and the broker; 503 when either is down."""
+async def get_health(request: Request) -> JSONResponse:
+    """Report every component; `degraded` when one is not ok, 503 when the API cannot serve."""
+    database, broker, model_service = await _dependencies(request)
+    # read on every request (under a kilobyte, microseconds): a restart shows at once
+    processes = read_processes(request.app.state.settings.supervisor_state_file)
     health = Health(
         status="ok",
         version=request.app.version,
-        database=_check_database(request),
-        broker=_check_broker(request),
+        database=database,
+        broker=broker,
+        model_service=model_service,
+        processes=processes,
     )
-    if not (health.database.ok and health.broker.ok):
+    serving = database.ok and broker.ok
+    if not (serving and model_service.ok and all(p.ok for p in processes.values())):
         health.status = "degraded"
-    return JSONResponse(health.model_dump(), status_code=200 if health.status == "ok" else 503)
+    return JSONResponse(health.model_dump(mode="json"), status_code=200 if serving else 503)
