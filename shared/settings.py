@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = 89_478_485
     archive_max_members: int = 200_000
     archive_max_total_bytes: int = 20 * 1024**3
+    archive_max_member_bytes: int = Field(default=1024**3, gt=0, description="per archive file")
+    archive_max_expansion_ratio: float = Field(
+        default=200.0, gt=1, description="bytes extracted over archive bytes, at most"
+    )
     import_workers: int = 0
     log_level: str = "INFO"
     model_server_url: str = Field(
