@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = 4 * 1024**3
     max_image_pixels: int = 89_478_485
+    pretrained_max_weights_bytes: int = Field(
+        default=1024**3, ge=1, description="largest weights file an uploaded model may hold"
+    )
     archive_max_members: int = 200_000
     archive_max_total_bytes: int = 20 * 1024**3
     archive_max_member_bytes: int = Field(default=1024**3, gt=0, description="per archive file")

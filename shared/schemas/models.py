@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from shared.models.enums import ResizeMode
+from shared.schemas.jobs import CustomNetwork, StandardNetwork
 
 
 class Prediction(BaseModel):
@@ -18,10 +35,13 @@ class Prediction(BaseModel):
 
 
 class ImageClassification(BaseModel):
-    """The top classes of one image."""
+    """The top classes of one image, or why it could not be classified."""
 
     filename: str
     top: list[Prediction]
+    error: str | None = Field(
+        default=None, description="Why this image was not classified (then `top` is empty)"
+    )
 
 
 class ClassifyResult(BaseModel):
@@ -103,3 +123,251 @@ class ToPretrained(BaseModel):
 
 
 ArchiveFormat = Literal["tar.gz", "zip"]
+
+
+# -- info.json of a model folder (`digits-model/1`) -----------------------------------------
+#
+# An uploaded model describes itself in info.json; nothing in it is trusted before it passes
+# ModelInfo. The bounds keep what a declaration can make the model service build small: the
+# network is checked against the weights' shapes on the meta device before any real tensor
+# is allocated, and these bounds cap what even a matching upload may declare.
+
+INFO_FORMAT = "digits-model/1"
+MAX_INPUT_SIDE = 4096  # the largest side a dataset may be resized to (DatasetCreate)
+MAX_INPUT_PIXELS = 4096 * 4096
+MAX_CLASSES = 65_536  # the widest linear layer a custom network may declare
+MAX_CLASS_NAME = 255  # a class folder's name can be this long
+MAX_METRICS = 256
+INFO_MAX_BYTES = 2 * 1024**2  # 65,536 class names of ~30 characters fit
+INFO_MAX_DEPTH = 16  # a custom network's layer options sit at depth 4
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")  # what str.splitlines splits on
+
+
+class InvalidModelInfo(ValueError):
+    """An info.json that cannot describe a model; the message says which field and why."""
+
+
+def _printable(value: str) -> str:
+    # Class names become lines of labels.txt and CSV cells: no newlines, NULs or escapes.
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (newlines, tabs, NUL)")
+    return value
+
+
+def _plain_file_name(value: str) -> str:
+    if value in (".", "..") or "/" in value or "\\" in value:
+        raise ValueError("must be a plain file name inside the model folder, not a path")
+    return _printable(value)
+
+
+ClassName = Annotated[
+    StrictStr, Field(min_length=1, max_length=MAX_CLASS_NAME), AfterValidator(_printable)
+]
+FileName = Annotated[
+    StrictStr, Field(min_length=1, max_length=200), AfterValidator(_plain_file_name)
+]
+ShortText = Annotated[StrictStr, Field(max_length=200), AfterValidator(_printable)]
+ModelName = Annotated[StrictStr, Field(max_length=200)]
+ModelNetwork = Annotated[StandardNetwork | CustomNetwork, Field(discriminator="kind")]
+
+
+class ModelInput(BaseModel):
+    """What the model takes: raw uint8 NHWC images of this size, resized this way."""
+
+    # Every key here changes what the model computes, so an unknown one is refused rather
+    # than silently ignored (a `normalize` we do not apply would give wrong answers).
+    model_config = ConfigDict(extra="forbid")
+
+    width: StrictInt = Field(ge=1, le=MAX_INPUT_SIDE)
+    height: StrictInt = Field(ge=1, le=MAX_INPUT_SIDE)
+    channels: Literal[1, 3] = Field(description="1 = grayscale, 3 = RGB")
+    resize_mode: ResizeMode = ResizeMode.SQUASH
+    crop_size: StrictInt | None = Field(
+        default=None, ge=1, le=MAX_INPUT_SIDE, description="centre crop the network sees"
+    )
+    dtype: Literal["uint8"] = "uint8"
+    layout: Literal["NHWC"] = "NHWC"
+    use_mean: Literal["image", "pixel", "none"] | None = None
+
+    @model_validator(mode="after")
+    def _fits(self) -> ModelInput:
+        if self.width * self.height > MAX_INPUT_PIXELS:
+            raise ValueError(
+                f"{self.width}x{self.height} exceeds {MAX_INPUT_PIXELS:,} pixels per image"
+            )
+        if self.crop_size is not None and self.crop_size > min(self.width, self.height):
+            raise ValueError(
+                f"crop_size {self.crop_size} is larger than the {self.width}x{self.height} input"
+            )
+        return self
+
+
+class ModelFramework(BaseModel):
+    """What wrote the model (informative only)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: ShortText = "pytorch"
+    torch: ShortText | None = None
+    torchvision: ShortText | None = None
+    digits: ShortText | None = None
+
+
+class ModelCheckpoint(BaseModel):
+    """Which checkpoint of which job the weights come from (informative only)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: ShortText | None = None
+    epoch: FiniteFloat | None = Field(default=None, ge=0)
+    step: int | None = Field(default=None, ge=0)
+    job_id: uuid.UUID | None = None
+    metrics: dict[ShortText, FiniteFloat] = Field(default_factory=dict, max_length=MAX_METRICS)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _finite_only(cls, value: Any) -> Any:
+        # the API forwards a checkpoint's recorded metrics, and a diverged run's loss is NaN:
+        # provenance keeps the numbers JSON can hold instead of refusing the whole model
+        if isinstance(value, dict):
+            return {
+                k: v
+                for k, v in value.items()
+                if not (isinstance(v, float) and not math.isfinite(v))
+            }
+        return value
+
+
+class ModelFiles(BaseModel):
+    """The folder's files, by role; plain names inside the folder."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    weights: FileName = "weights.safetensors"
+    labels: FileName | None = "labels.txt"
+    mean: FileName | None = None
+    torchscript: FileName | None = None
+    onnx: FileName | None = None
+
+
+class ModelInfo(BaseModel):
+    """info.json of a model folder: what the network is, what it takes, what it answers.
+
+    Unknown keys are dropped from the descriptive parts (framework, checkpoint, files and the
+    top level) so files written by other tools or later versions still load, and what is
+    stored and returned holds only these fields; they are refused in `network` and `input`,
+    where an ignored key would silently change the computation.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    format: Literal["digits-model/1"]
+    name: ModelName = "model"
+    framework: ModelFramework = Field(default_factory=ModelFramework)
+    network: ModelNetwork
+    input: ModelInput
+    classes: list[ClassName] = Field(min_length=2, max_length=MAX_CLASSES)
+    checkpoint: ModelCheckpoint = Field(default_factory=ModelCheckpoint)
+    metrics: dict[ShortText, FiniteFloat] = Field(default_factory=dict, max_length=MAX_METRICS)
+    files: ModelFiles
+
+    @model_validator(mode="after")
+    def _distinct_classes(self) -> ModelInfo:
+        seen: set[str] = set()
+        for name in self.classes:
+            if name in seen:
+                raise ValueError(f"classes: {name[:40]!r} is listed twice")
+            seen.add(name)
+        return self
+
+
+def json_depth(data: bytes) -> int:
+    """The nesting depth of a JSON text, found without parsing it (and without recursion).
+
+    Escapes, then strings, are cut out, leaving only the brackets; the deepest running sum
+    of opens minus closes is the depth. Linear, and in C: 20 ms for 2 MiB of brackets.
+    """
+    skeleton = _STRING.sub(b"", _ESCAPE.sub(b"", data)).translate(None, _NOT_BRACKETS)
+    if not skeleton:
+        return 0
+    marks = np.frombuffer(skeleton, dtype=np.uint8)
+    steps = np.where((marks == ord("[")) | (marks == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max())
+
+
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_STRING = re.compile(rb'"[^"]*"')
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+
+
+def validation_message(exc: ValidationError, prefix: str = "", limit: int = 5) -> str:
+    """`field.path: reason; ...` of a ValidationError, without echoing the input's values."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False)[:limit]:
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{prefix}{loc}: {err['msg']}" if loc else f"{prefix}{err['msg']}")
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def parse_model_info(data: bytes, *, max_bytes: int = INFO_MAX_BYTES) -> ModelInfo:
+    """Validate the bytes of an info.json; raise InvalidModelInfo saying what is wrong.
+
+    Pure Python (no torch): the API can call it on an upload before the model service does.
+    The size and nesting are bounded before parsing, so a hostile file costs a linear scan.
+    """
+    if len(data) > max_bytes:
+        raise InvalidModelInfo(
+            f"info.json is {len(data):,} bytes; at most {max_bytes:,} are accepted"
+        )
+    if json_depth(data) > INFO_MAX_DEPTH:
+        raise InvalidModelInfo(f"info.json is nested too deep (more than {INFO_MAX_DEPTH} levels)")
+    try:
+        return ModelInfo.model_validate_json(data)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise InvalidModelInfo("info.json is not valid JSON") from None
+        raise InvalidModelInfo(validation_message(exc, "info.json ")) from None
+
+
+# -- what the API sends the model service ------------------------------------------------
+#
+# Paths are inside the data directory, chosen by the API after its ownership checks; the
+# model service checks them again (inside the data directory, no NUL, no overlong name).
+
+ServicePath = Annotated[StrictStr, Field(min_length=1, max_length=4096)]
+
+
+class ModelServiceExport(BaseModel):
+    """POST /export: write a model folder (plus exports) from a checkpoint, packed as `out`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ServicePath = Field(description="checkpoint file or model folder")
+    out: ServicePath = Field(description="the archive to write")
+    name: StrictStr = Field(default="model", max_length=1000, description="cut to 200 chars")
+    resize_mode: ResizeMode = ResizeMode.SQUASH
+    checkpoint: ModelCheckpoint = Field(default_factory=ModelCheckpoint)
+    exports: list[Literal["torchscript", "onnx"]] = Field(default_factory=list, max_length=2)
+    format: ArchiveFormat = "tar.gz"
+
+
+class ModelServicePretrained(BaseModel):
+    """POST /pretrained: validate an upload folder (or a checkpoint) and write it to `out_dir`.
+
+    The answer is the written model's info.json (ModelInfo, as JSON).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: ServicePath = Field(description="unpacked upload folder, or a checkpoint file")
+    out_dir: ServicePath
+    name: StrictStr | None = Field(
+        default=None, max_length=1000, description="cut to 200 chars; default: info.json's"
+    )
+    resize_mode: ResizeMode | None = Field(
+        default=None, description="for a checkpoint source; a folder's info.json has its own"
+    )
+    checkpoint: ModelCheckpoint | None = Field(
+        default=None, description="default: the info.json's checkpoint"
+    )
