@@ -2,42 +2,88 @@
 requests from the API, in its own process, so they never wait behind training jobs.
 
 It listens on a private address (127.0.0.1, or the compose backend network) and takes file
-paths inside the data directory from the API, which has already checked ownership.
+paths inside the data directory from the API, which has already checked ownership. Every
+answer to bad input is a 4xx `{"code", "detail"}`; anything else is a 500 with the code
+`model_service_error`, logged here with its traceback and never sent to the caller.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
+import re
 import tarfile
 import tempfile
 import threading
 import time
 import zipfile
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.models.enums import ResizeMode
+from shared.schemas.models import (
+    ModelCheckpoint,
+    ModelInfo,
+    ModelServiceExport,
+    ModelServicePretrained,
+    validation_message,
+)
 from shared.settings import Settings
 from worker.training import inference
 
 log = logging.getLogger("digits.model_server")
 
+MAX_JSON_BODY = 1024 * 1024  # the API's bodies are a few hundred bytes
+MAX_NAME_BYTES = 240  # NAME_MAX is 255; temporary names add a prefix and a suffix
+MAX_TOP_K = 1000
+_REPR = re.compile(r"\s*<[^<>]{0,200} at 0x[0-9a-fA-F]+>")
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f]")
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+M = TypeVar("M", bound=BaseModel)
+
+
+class ServiceError(Exception):
+    """A request the service cannot answer as asked: its status, stable code and reason."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def _problem(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"code": code, "detail": detail}, status_code=status)
+
+
+def _label(name: str) -> str:
+    """A client's file name as it may appear inside a message: printable, at most 100 chars."""
+    text = _UNPRINTABLE.sub("?", name)
+    return text if len(text) <= 100 else text[:99] + "…"
+
 
 class ModelCache:
     """Loaded models by checkpoint path, least recently used evicted first."""
 
-    def __init__(self, size: int, device: str) -> None:
+    def __init__(self, size: int, device: str, limits: inference.ModelLimits) -> None:
         self.size = size
         self.device = device
+        self.limits = limits
         self._items: OrderedDict[tuple[str, int], inference.LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -48,7 +94,7 @@ class ModelCache:
                 self._items.move_to_end(key)
                 return self._items[key]
         model = (
-            inference.load_model_dir(path, self.device)[0]
+            inference.load_model_dir(path, self.device, self.limits)[0]
             if path.is_dir()
             else inference.load_checkpoint(path, self.device)
         )
@@ -59,162 +105,310 @@ class ModelCache:
         return model
 
 
-def _error(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"code": code, "detail": detail}, status_code=status)
+def _unavailable(exc: Exception) -> ServiceError:
+    """A model the API pointed at that cannot be used (gone, or damaged): 409."""
+    if isinstance(exc, inference.ModelFileError):
+        return ServiceError(409, "model_unavailable", str(exc))
+    return ServiceError(409, "model_unavailable", "the model file is missing")
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     """The model service's ASGI app."""
     settings = settings or Settings()
-    root = settings.resolved_data_dir
+    root = Path(os.path.realpath(settings.resolved_data_dir))
     device = settings.model_server_device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cache = ModelCache(settings.model_cache_size, device)
+    limits = inference.ModelLimits(weights_bytes=settings.pretrained_max_weights_bytes)
+    cache = ModelCache(settings.model_cache_size, device, limits)
 
-    def inside(raw: str) -> Path:
+    def clean(detail: str) -> str:
+        """A message fit for the caller: no object reprs, no server paths, bounded."""
+        text = _REPR.sub("", detail).replace(str(root), "<data>")
+        return text if len(text) <= 1000 else text[:999] + "…"
+
+    def guarded(
+        endpoint: Callable[[Request], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """Bad input becomes its 4xx answer; any other failure a logged, traceback-free 500."""
+
+        @functools.wraps(endpoint)
+        async def handler(request: Request) -> Response:
+            try:
+                return await endpoint(request)
+            except ServiceError as exc:
+                return _problem(exc.status, exc.code, clean(exc.detail))
+            except ClientDisconnect:  # the caller went away mid-body: nobody reads an answer
+                log.info("%s %s: the client disconnected", request.method, request.url.path)
+                return _problem(400, "bad_request", "the request body ended early")
+            except Exception:
+                log.exception("%s %s failed", request.method, request.url.path)
+                return _problem(
+                    500, "model_service_error", "the model service failed on this request"
+                )
+
+        return handler
+
+    def inside(raw: str, field: str) -> Path:
+        """A path from the API, checked to name something inside the data directory."""
+        if "\x00" in raw:
+            raise ServiceError(400, "invalid_path", f"{field}: a path cannot hold a NUL byte")
+        try:
+            encoded = os.fsencode(raw)
+        except UnicodeError:
+            raise ServiceError(400, "invalid_path", f"{field}: not a valid path") from None
+        if any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
+            raise ServiceError(
+                400, "invalid_path", f"{field}: a name in the path exceeds {MAX_NAME_BYTES} bytes"
+            )
         path = Path(os.path.realpath(raw))
         if root != path and root not in path.parents:
-            raise PermissionError(f"{raw} is outside the data directory")
+            raise ServiceError(400, "invalid_path", f"{field} is outside the data directory")
         return path
 
-    async def classify(request: Request) -> JSONResponse:
-        form = await request.form(max_files=10_000)
+    async def json_body(request: Request, schema: type[M]) -> M:
+        """The request's JSON body as `schema`, refused with the field at fault."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_JSON_BODY:
+                raise ServiceError(413, "too_large", f"the body exceeds {MAX_JSON_BODY:,} bytes")
+            chunks.append(chunk)
         try:
-            model_path = inside(str(form["model"]))
-            resize_mode = str(form.get("resize_mode") or "squash")
-            k = int(str(form.get("top_k") or 5))
-            files = [f for f in form.getlist("images") if hasattr(f, "read")]
-            payload = [
-                (f.filename or f"image-{i}", await f.read())  # type: ignore[union-attr]
-                for i, f in enumerate(files)
-            ]
-        except (KeyError, ValueError, PermissionError) as exc:
-            return _error(400, "bad_request", str(exc))
-        finally:
-            await form.close()
+            return schema.model_validate_json(b"".join(chunks))
+        except ValidationError as exc:
+            raise ServiceError(400, "bad_request", validation_message(exc)) from None
 
-        def run() -> dict[str, Any]:
-            started = time.perf_counter()
+    async def read_form(request: Request) -> FormData:
+        try:
+            return await request.form(
+                max_files=settings.classify_max_images, max_fields=100, max_part_size=64 * 1024
+            )
+        except HTTPException as exc:  # what Starlette makes of a malformed multipart body
+            raise ServiceError(400, "bad_request", str(exc.detail)) from None
+
+    def form_text(form: FormData, name: str, default: str | None = None) -> str:
+        value = form.get(name)
+        if value is None or value == "":
+            if default is None:
+                raise ServiceError(400, "bad_request", f"the form field `{name}` is required")
+            return default
+        if not isinstance(value, str):
+            raise ServiceError(400, "bad_request", f"`{name}` must be a form field, not a file")
+        return value
+
+    def classify_form(form: FormData) -> tuple[Path, ResizeMode, int, list[UploadFile]]:
+        model_path = inside(form_text(form, "model"), "model")
+        mode = form_text(form, "resize_mode", "squash")
+        try:
+            resize_mode = ResizeMode(mode)
+        except ValueError:
+            allowed = ", ".join(m.value for m in ResizeMode)
+            raise ServiceError(
+                400, "bad_request", f"resize_mode must be one of {allowed}, not {_label(mode)!r}"
+            ) from None
+        raw_k = form_text(form, "top_k", "5")
+        if not raw_k.isdigit() or not 1 <= int(raw_k) <= MAX_TOP_K:
+            raise ServiceError(
+                400, "bad_request", f"top_k must be a whole number from 1 to {MAX_TOP_K}"
+            )
+        uploads = [f for f in form.getlist("images") if isinstance(f, UploadFile)]
+        if not uploads:
+            raise ServiceError(400, "bad_request", "send at least one image as `images`")
+        return model_path, resize_mode, int(raw_k), uploads
+
+    def classify_images(
+        model_path: Path, resize_mode: ResizeMode, k: int, payload: list[tuple[str, bytes]]
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
             model = cache.get(model_path)
-            arrays = np.stack(
-                [
+        except (inference.ModelFileError, FileNotFoundError, NotADirectoryError) as exc:
+            raise _unavailable(exc) from None
+        arrays: list[np.ndarray] = []
+        errors: list[str | None] = []
+        for name, data in payload:
+            try:
+                arrays.append(
                     inference.prepare_image(
                         data,
-                        name,
+                        _label(name),
                         width=model.width,
                         height=model.height,
                         channels=model.channels,
-                        resize_mode=resize_mode,
+                        resize_mode=resize_mode.value,
                         max_pixels=settings.max_image_pixels,
                     )
-                    for name, data in payload
-                ]
-            )
-            probs = model.predict(arrays)
-            tops = inference.top_k(probs, model.classes, k)
-            return {
-                "predictions": [
-                    {"filename": name, "top": top}
-                    for (name, _), top in zip(payload, tops, strict=True)
-                ],
-                "probabilities": probs.tolist(),
-                "classes": model.classes,
-                "device": str(model.device),
-                "milliseconds": round((time.perf_counter() - started) * 1000, 3),
-            }
+                )
+                errors.append(None)
+            except inference.InferenceInputError as exc:
+                errors.append(clean(str(exc)))
+            except Exception as exc:
+                # a conversion the image rules do not name yet (PIL raises plain ValueError
+                # or OSError for some modes): this image's fault, not the request's
+                log.warning("image %s not converted: %s", _label(name), type(exc).__name__)
+                errors.append(f"{_label(name)}: this image cannot be converted for the model")
+        if not arrays:
+            first = next(e for e in errors if e)
+            more = f" (and {len(errors) - 1} more images)" if len(errors) > 1 else ""
+            raise ServiceError(400, "invalid_image", first + more)
+        probs = model.predict(np.stack(arrays))
+        tops = iter(inference.top_k(probs, model.classes, k))
+        rows = iter(probs.tolist())
+        predictions: list[dict[str, Any]] = []
+        probabilities: list[list[float] | None] = []
+        for (name, _), error in zip(payload, errors, strict=True):
+            if error is None:
+                predictions.append({"filename": name, "top": next(tops)})
+                probabilities.append(next(rows))
+            else:
+                predictions.append({"filename": name, "top": [], "error": error})
+                probabilities.append(None)
+        return {
+            "predictions": predictions,
+            "probabilities": probabilities,
+            "classes": model.classes,
+            "device": str(model.device),
+            "milliseconds": round((time.perf_counter() - started) * 1000, 3),
+        }
 
-        from starlette.concurrency import run_in_threadpool
-
+    @guarded
+    async def classify(request: Request) -> Response:
+        form = await read_form(request)
         try:
-            return JSONResponse(await run_in_threadpool(run))
-        except inference.InferenceInputError as exc:
-            return _error(400, "invalid_image", str(exc))
-        except (inference.ModelFileError, FileNotFoundError) as exc:
-            return _error(409, "model_unavailable", str(exc))
+            model_path, resize_mode, k, uploads = classify_form(form)
+            payload = [(f.filename or f"image-{i}", await f.read()) for i, f in enumerate(uploads)]
+        finally:
+            await form.close()
+        return JSONResponse(
+            await run_in_threadpool(classify_images, model_path, resize_mode, k, payload)
+        )
 
-    async def export(request: Request) -> JSONResponse:
-        body = await request.json()
-        try:
-            model_path = inside(body["model"])
-            out = inside(body["out"])
-        except (KeyError, PermissionError) as exc:
-            return _error(400, "bad_request", str(exc))
+    @guarded
+    async def export(request: Request) -> Response:
+        body = await json_body(request, ModelServiceExport)
+        model_path = inside(body.model, "model")
+        out = inside(body.out, "out")
 
         def run() -> dict[str, Any]:
-            model = load_fresh(model_path)  # exports move it between devices: not the cached one
+            try:
+                model = load_fresh(model_path, limits)  # moved between devices: not the cached one
+            except (inference.ModelFileError, FileNotFoundError, NotADirectoryError) as exc:
+                raise _unavailable(exc) from None
+            out.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
                 folder = Path(tmp) / "model"
                 folder.mkdir()
-                write_model_dir(
-                    model,
-                    folder,
-                    name=body.get("name", "model"),
-                    resize_mode=body.get("resize_mode", "squash"),
-                    checkpoint=body.get("checkpoint") or {},
-                    exports=body.get("exports") or [],
-                )
-                pack(folder, out, body.get("format", "tar.gz"))
+                try:
+                    write_model_dir(
+                        model,
+                        folder,
+                        name=body.name,
+                        resize_mode=body.resize_mode.value,
+                        checkpoint=body.checkpoint,
+                        exports=list(body.exports),
+                    )
+                except inference.ModelFileError as exc:
+                    raise ServiceError(409, "model_unavailable", str(exc)) from None
+                pack(folder, out, body.format)
             return {"path": str(out), "size": out.stat().st_size}
 
-        from starlette.concurrency import run_in_threadpool
+        return JSONResponse(await run_in_threadpool(run))
 
-        try:
-            return JSONResponse(await run_in_threadpool(run))
-        except (inference.ModelFileError, FileNotFoundError) as exc:
-            return _error(409, "model_unavailable", str(exc))
-
-    async def pretrained(request: Request) -> JSONResponse:
+    @guarded
+    async def pretrained(request: Request) -> Response:
         """Validate an unpacked model (or write one from a checkpoint) into `out_dir`."""
-        body = await request.json()
-        try:
-            source = inside(body["source"])
-            out_dir = inside(body["out_dir"])
-        except (KeyError, PermissionError) as exc:
-            return _error(400, "bad_request", str(exc))
+        body = await json_body(request, ModelServicePretrained)
+        source = inside(body.source, "source")
+        out_dir = inside(body.out_dir, "out_dir")
 
         def run() -> dict[str, Any]:
-            if source.is_dir():
-                model, info = inference.load_model_dir(source, "cpu")
-                resize_mode = info["input"].get("resize_mode") or "squash"
-            else:
-                model = load_fresh(source)
-                resize_mode = body.get("resize_mode", "squash")
-            out_dir.mkdir(parents=True, exist_ok=True)
-            info = write_model_dir(
-                model,
-                out_dir,
-                name=body.get("name", "model"),
-                resize_mode=resize_mode,
-                checkpoint=body.get("checkpoint") or {},
-                exports=[],
-            )
+            try:
+                if source.is_dir():
+                    model, upload = inference.load_model_dir(source, "cpu", limits)
+                    resize_mode = upload.input.resize_mode.value
+                    name, checkpoint = upload.name, upload.checkpoint
+                else:
+                    model = load_fresh(source, limits)
+                    resize_mode = (body.resize_mode or ResizeMode.SQUASH).value
+                    name, checkpoint = "model", ModelCheckpoint()
+                out_dir.mkdir(parents=True, exist_ok=True)
+                info = write_model_dir(
+                    model,
+                    out_dir,
+                    name=body.name or name,
+                    resize_mode=resize_mode,
+                    checkpoint=body.checkpoint or checkpoint,
+                    exports=[],
+                )
+            except inference.ModelFileError as exc:
+                raise ServiceError(400, "invalid_model", str(exc)) from None
             # the starting weights of fine-tuning jobs, as a weights_only-loadable state dict
             torch.save({"model": model.classifier.net.state_dict()}, out_dir / "init.pt")
-            return info
+            return info.model_dump(mode="json")
 
-        from starlette.concurrency import run_in_threadpool
+        return JSONResponse(await run_in_threadpool(run))
 
-        try:
-            return JSONResponse(await run_in_threadpool(run))
-        except inference.ModelFileError as exc:
-            return _error(400, "invalid_model", str(exc))
-
-    async def health(_request: Request) -> JSONResponse:
+    @guarded
+    async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok", "device": device, "torch": torch.__version__})
 
-    return Starlette(
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return _problem(exc.status_code, code, str(exc.detail))
+
+    app = Starlette(
         routes=[
             Route("/health", health),
             Route("/classify", classify, methods=["POST"]),
             Route("/export", export, methods=["POST"]),
             Route("/pretrained", pretrained, methods=["POST"]),
-        ]
+        ],
+        exception_handlers={HTTPException: http_error},
     )
+    app.add_middleware(AnswerEveryFailure)
+    return app
 
 
-def load_fresh(path: Path) -> inference.LoadedModel:
+class AnswerEveryFailure:
+    """Outermost guard: an exception no handler caught is still answered, as a clean 500.
+
+    Starlette's own error middleware answers too but then re-raises, and uvicorn closes the
+    connection of a request that raised, resetting a keep-alive client's next request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("%s %s failed outside its handler", scope.get("method"), scope["path"])
+            if not started:
+                response = _problem(
+                    500, "model_service_error", "the model service failed on this request"
+                )
+                await response(scope, receive, send)
+
+
+def load_fresh(
+    path: Path, limits: inference.ModelLimits = inference.ModelLimits()
+) -> inference.LoadedModel:
     """A private CPU copy of a model (a checkpoint file or an unpacked model folder)."""
     if path.is_dir():
-        return inference.load_model_dir(path, "cpu")[0]
+        return inference.load_model_dir(path, "cpu", limits)[0]
     return inference.load_checkpoint(path, "cpu")
 
 
@@ -224,26 +418,33 @@ def write_model_dir(
     *,
     name: str,
     resize_mode: str,
-    checkpoint: dict[str, Any],
+    checkpoint: ModelCheckpoint,
     exports: list[str],
-) -> dict[str, Any]:
+) -> ModelInfo:
     """info.json, labels.txt, weights.safetensors, mean.npy and the requested exports."""
+    files: dict[str, str] = {}
+    if "torchscript" in exports:
+        files["torchscript"] = "model.torchscript.pt"
+    if "onnx" in exports:
+        files["onnx"] = "model.onnx"
+    # described (and so validated) before anything is written
+    info = inference.info_json(
+        model,
+        name=name,
+        resize_mode=resize_mode,
+        checkpoint=checkpoint.model_dump(mode="json"),
+        exports=files,
+    )
     inference.save_safetensors(model, folder / "weights.safetensors")
     (folder / "labels.txt").write_text("\n".join(model.classes) + "\n")
     mean = inference.mean_array(model)
     if mean is not None:
         np.save(folder / "mean.npy", mean, allow_pickle=False)
-    files: dict[str, str] = {}
-    if "torchscript" in exports:
-        inference.export_torchscript(model, folder / "model.torchscript.pt")
-        files["torchscript"] = "model.torchscript.pt"
-    if "onnx" in exports:
-        inference.export_onnx(model, folder / "model.onnx")
-        files["onnx"] = "model.onnx"
-    info = inference.info_json(
-        model, name=name, resize_mode=resize_mode, checkpoint=checkpoint, exports=files
-    )
-    (folder / "info.json").write_text(json.dumps(info, indent=2))
+    if "torchscript" in files:
+        inference.export_torchscript(model, folder / files["torchscript"])
+    if "onnx" in files:
+        inference.export_onnx(model, folder / files["onnx"])
+    (folder / "info.json").write_text(info.model_dump_json(indent=2))
     return info
 
 

@@ -130,3 +130,83 @@ def test_load_init_weights_skips_only_mismatched_tensors() -> None:
             continue
         assert torch.equal(value, source.state_dict()[key]), key
     assert torch.equal(target[7].weight, head_before)
+
+
+# -- the checks an uploaded model passes before anything real is built ---------------------
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_the_meta_device_build_names_and_shapes_what_the_real_build_holds(name: str) -> None:
+    """Uploads are checked against the meta build: it must agree with the real network."""
+    from worker.training import inference
+
+    network = {"kind": "standard", "name": name}
+    real = build_model(network, CLASSES, 3, 32, 32)
+    expected = inference.expected_state(network, CLASSES, 3, 32, 32)
+    assert expected == {
+        k: (tuple(v.shape), v.is_floating_point()) for k, v in real.state_dict().items()
+    }
+
+
+def test_the_meta_device_build_of_a_custom_network_matches_too() -> None:
+    from worker.training import inference
+
+    network = {"kind": "custom", "layers": CUSTOM_LAYERS}
+    real = build_model(network, CLASSES, 1, 28, 28)
+    expected = inference.expected_state(network, CLASSES, 1, 28, 28)
+    assert expected == {
+        k: (tuple(v.shape), v.is_floating_point()) for k, v in real.state_dict().items()
+    }
+
+
+def test_a_network_too_small_for_its_input_is_a_model_file_error() -> None:
+    from worker.training import inference
+
+    with pytest.raises(inference.ModelFileError, match="at least 32x32"):
+        inference.expected_state({"kind": "standard", "name": "vgg16"}, CLASSES, 3, 16, 16)
+
+
+def test_parse_model_info_refuses_a_deep_nest_without_parsing_it() -> None:
+    import time
+
+    from shared.schemas.models import InvalidModelInfo, parse_model_info
+
+    t0 = time.perf_counter()
+    with pytest.raises(InvalidModelInfo, match="nested too deep"):
+        parse_model_info(b"[" * 100_000 + b"]" * 100_000)
+    print(f"100,000-deep info.json refused in {(time.perf_counter() - t0) * 1000:.2f} ms")
+
+
+def test_json_depth_skips_brackets_inside_strings() -> None:
+    from shared.schemas.models import json_depth
+
+    assert json_depth(b'{"a": ["[[[", {"b": "\\\\"}], "c": "\\"{{{"}') == 3
+    assert json_depth(b"3") == 0
+    assert json_depth(b"[[], [[]]]") == 3
+
+
+def test_info_json_of_a_trained_network_passes_the_upload_schema() -> None:
+    """What a download writes is what an upload may hold: the two round-trip exactly."""
+    from shared.schemas.models import ModelInfo, parse_model_info
+    from worker.training import inference
+
+    torch.manual_seed(0)
+    network = {"kind": "custom", "layers": CUSTOM_LAYERS}
+    net = build_model(network, CLASSES, 1, 28, 28)
+    model = inference.from_parts(
+        network,
+        [f"class {i}" for i in range(CLASSES)],
+        net.state_dict(),
+        height=28,
+        width=28,
+        channels=1,
+        mean=None,
+        crop=None,
+        meta={"metrics": {"val/accuracy": 0.9, "val/loss": float("nan")}},
+    )
+    info = inference.info_json(
+        model, name="custom", resize_mode="fill", checkpoint={"epoch": 3}, exports={}
+    )
+    assert isinstance(info, ModelInfo)
+    assert info.metrics == {"val/accuracy": 0.9}
+    assert parse_model_info(info.model_dump_json().encode()) == info

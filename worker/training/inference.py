@@ -3,17 +3,27 @@ classify, and export (TorchScript, ONNX, safetensors). Pure torch: no HTTP, SQL 
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from shared import images
+from shared.schemas.models import (
+    INFO_FORMAT,
+    INFO_MAX_BYTES,
+    InvalidModelInfo,
+    ModelInfo,
+    ModelInput,
+    parse_model_info,
+    validation_message,
+)
 from worker.training import checkpoint as ckpt
 from worker.training.models import build_model
 
@@ -100,8 +110,18 @@ def from_parts(
     device: str | torch.device = "cpu",
     meta: dict[str, Any] | None = None,
 ) -> LoadedModel:
-    """Build the network, load its weights strictly, and wrap it with its preprocessing."""
+    """Build the network, load its weights strictly, and wrap it with its preprocessing.
+
+    The weights' names and shapes are checked against the network built on the meta device
+    first, so weights that do not fit never cost the memory of the network they would need.
+    """
     in_h, in_w = (crop, crop) if crop else (height, width)
+    found: dict[str, TensorSpec] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ModelFileError(f"the weights hold a {type(value).__name__}, not a tensor")
+        found[key] = (tuple(value.shape), value.is_floating_point())
+    check_weights_fit(expected_state(network, len(classes), channels, in_h, in_w), found)
     net = build_model(network, len(classes), channels, in_h, in_w)
     try:
         net.load_state_dict(state, strict=True)
@@ -118,13 +138,25 @@ def from_parts(
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
     """A training checkpoint as a classifier (loaded with weights_only=True)."""
-    data = ckpt.load(Path(path))
-    height, width, channels = (int(v) for v in data["image_shape"])
-    pre = data.get("preprocess") or {}
+    try:
+        data = ckpt.load(Path(path))
+        height, width, channels = (int(v) for v in data["image_shape"])
+        pre = data.get("preprocess") or {}
+        network, classes = dict(data["network"]), [str(c) for c in data["classes"]]
+        state = ckpt.model_state(data)
+    except FileNotFoundError:
+        raise ModelFileError("the checkpoint file is missing") from None
+    except Exception as exc:
+        # torch.load of a damaged file raises whatever its unpickler or zip reader meets
+        # (UnpicklingError, RuntimeError, EOFError, ...): all mean the same to the caller.
+        log.warning("unreadable checkpoint %s: %s", Path(path).name, type(exc).__name__)
+        raise ModelFileError(
+            "the checkpoint cannot be read (damaged or not a checkpoint)"
+        ) from None
     return from_parts(
-        data["network"],
-        list(data["classes"]),
-        ckpt.model_state(data),
+        network,
+        classes,
+        state,
         height=height,
         width=width,
         channels=channels,
@@ -224,10 +256,14 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    name = Path(path).name
     try:
         return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFileError(f"{Path(path).name} is not a valid safetensors file: {exc}") from exc
+    except (SafetensorError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelFileError(f"{name} is not a valid safetensors file: {reason}") from None
+    except OSError:  # its message holds the server path
+        raise ModelFileError(f"{name} cannot be read") from None
 
 
 def mean_array(model: LoadedModel) -> np.ndarray | None:
@@ -245,15 +281,22 @@ def info_json(
     resize_mode: str,
     checkpoint: dict[str, Any],
     exports: dict[str, str],
-) -> dict[str, Any]:
-    """The DIGITS-style description of a downloaded model."""
+) -> ModelInfo:
+    """The DIGITS-style description of a model folder, validated like an upload's info.json."""
     import torchvision
 
     from shared import __version__ as digits_version
 
-    return {
-        "format": "digits-model/1",
-        "name": name,
+    has_mean = mean_array(model) is not None
+    # a diverged run's NaN loss has no JSON form: only finite numbers are described
+    metrics = {
+        str(k): float(v)
+        for k, v in (model.meta.get("metrics") or {}).items()
+        if isinstance(v, int | float) and math.isfinite(v)
+    }
+    doc = {
+        "format": INFO_FORMAT,
+        "name": name[:200],
         "framework": {
             "name": "pytorch",
             "torch": torch.__version__,
@@ -269,82 +312,221 @@ def info_json(
             "crop_size": model.classifier.crop or None,
             "dtype": "uint8",
             "layout": "NHWC",
-            "use_mean": model.meta.get("use_mean")
-            or ("image" if mean_array(model) is not None else "none"),
+            "use_mean": model.meta.get("use_mean") or ("image" if has_mean else "none"),
         },
         "classes": model.classes,
         "checkpoint": checkpoint,
-        "metrics": {k: float(v) for k, v in (model.meta.get("metrics") or {}).items()},
+        "metrics": metrics,
         "files": {
             "weights": "weights.safetensors",
             "labels": "labels.txt",
-            "mean": "mean.npy" if mean_array(model) is not None else None,
+            "mean": "mean.npy" if has_mean else None,
             **exports,
         },
     }
+    try:
+        return ModelInfo.model_validate(doc)
+    except ValidationError as exc:
+        raise ModelFileError(
+            f"this model cannot be written as {INFO_FORMAT}: {validation_message(exc)}"
+        ) from None
 
 
-REQUIRED_INFO = ("format", "network", "input", "classes", "files")
+# -- uploaded model folders ---------------------------------------------------------------
+#
+# An upload is checked in order of cost: info.json's size, depth and schema; the weights
+# file's size and header (shapes only, no tensor read) against the declared network built on
+# the meta device; the mean's .npy header. Only a folder that passes all of them is loaded.
+
+TensorSpec = tuple[tuple[int, ...], bool]
+"""A tensor's shape, and whether it is floating point."""
+
+SAFETENSORS_MAX_HEADER = 4 * 1024**2  # ResNet-50's header is 30 kB
+_SAFETENSORS_FLOAT = {"F16": True, "BF16": True, "F32": True, "F64": True}
+_SAFETENSORS_INT = {"I64": False, "I32": False, "I16": False, "I8": False, "U8": False}
+_SAFETENSORS_DTYPES = {**_SAFETENSORS_FLOAT, **_SAFETENSORS_INT}
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """How large the files of an uploaded model may be."""
+
+    weights_bytes: int = 1024**3
+    info_bytes: int = INFO_MAX_BYTES
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape) if shape else "a scalar"
+
+
+def _key(key: str) -> str:
+    return repr(key[:80])
+
+
+def expected_state(
+    network: dict[str, Any], num_classes: int, channels: int, height: int, width: int
+) -> dict[str, TensorSpec]:
+    """The state-dict names and shapes of a network, built on the meta device (no memory)."""
+    try:
+        with torch.device("meta"):
+            net = build_model(network, num_classes, channels, height, width)
+    except (ValueError, KeyError, TypeError) as exc:
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise ModelFileError(f"the network cannot be built: {reason}") from None
+    return {k: (tuple(v.shape), v.is_floating_point()) for k, v in net.state_dict().items()}
+
+
+def check_weights_fit(expected: dict[str, TensorSpec], found: dict[str, TensorSpec]) -> None:
+    """Refuse weights whose names, shapes or kinds differ from the network's, naming them."""
+    problems = []
+    for key, (shape, floating) in expected.items():
+        if key not in found:
+            continue
+        got, got_floating = found[key]
+        if got != shape:
+            problems.append(
+                f"{_key(key)} is {_shape(got)} in the weights but {_shape(shape)} in the network"
+            )
+        elif got_floating != floating:
+            kind = "floating point" if floating else "integer"
+            problems.append(f"{_key(key)} must be {kind}")
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    if missing:
+        names = ", ".join(_key(k) for k in missing[:3])
+        problems.append(
+            f"{len(missing)} tensors are missing ({names}{', ...' if len(missing) > 3 else ''})"
+        )
+    if unexpected:
+        names = ", ".join(_key(k) for k in unexpected[:3])
+        problems.append(
+            f"{len(unexpected)} tensors are not in the network "
+            f"({names}{', ...' if len(unexpected) > 3 else ''})"
+        )
+    if problems:
+        more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
+        raise ModelFileError(
+            "the weights do not fit the declared network: " + "; ".join(problems[:4]) + more
+        )
+
+
+def _model_file(folder: Path, name: str, role: str) -> Path:
+    path = folder / name
+    if path.is_symlink() or not path.is_file():
+        raise ModelFileError(f"the {role} file {name!r} is missing")
+    return path
+
+
+def read_model_info(folder: Path, max_bytes: int = INFO_MAX_BYTES) -> ModelInfo:
+    """The folder's info.json, bounded and validated (the file is not read when too large)."""
+    path = _model_file(folder, "info.json", "info.json")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ModelFileError(f"info.json is {size:,} bytes; at most {max_bytes:,} are accepted")
+    try:
+        return parse_model_info(path.read_bytes(), max_bytes=max_bytes)
+    except InvalidModelInfo as exc:
+        raise ModelFileError(str(exc)) from None
+
+
+def inspect_safetensors(path: Path, max_bytes: int) -> dict[str, TensorSpec]:
+    """Each tensor's shape and kind from a safetensors header; no tensor data is read."""
+    from safetensors import SafetensorError, safe_open
+
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ModelFileError(
+            f"{path.name} is {size / 1024**2:,.1f} MiB, larger than the "
+            f"{max_bytes / 1024**2:,.0f} MiB an uploaded model may hold"
+        )
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    header = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if header < 2 or header > min(SAFETENSORS_MAX_HEADER, size - 8):
+        raise ModelFileError(f"{path.name} is not a safetensors file (bad header length)")
+    specs: dict[str, TensorSpec] = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (a safe_open handle is no dict)
+                part = f.get_slice(key)
+                dtype = part.get_dtype()
+                if dtype not in _SAFETENSORS_DTYPES:
+                    raise ModelFileError(
+                        f"{path.name}: {_key(key)} has the unsupported dtype {dtype}"
+                    )
+                specs[key] = (tuple(int(d) for d in part.get_shape()), _SAFETENSORS_DTYPES[dtype])
+    except SafetensorError as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise ModelFileError(f"{path.name} is not a valid safetensors file: {reason}") from None
+    except OSError:
+        raise ModelFileError(f"{path.name} cannot be read") from None
+    return specs
+
+
+def _inspect_mean(path: Path, inp: ModelInput) -> None:
+    """Refuse a mean whose .npy header is not C x H x W (or C x 1 x 1) of the input."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            version = fmt.read_magic(fh)
+            if version == (1, 0):
+                shape, _order, dtype = fmt.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _order, dtype = fmt.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"npy version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError):
+        raise ModelFileError(f"{path.name} is not a plain numpy array") from None
+    c, h, w = inp.channels, inp.height, inp.width
+    if tuple(shape) not in ((c, h, w), (c, 1, 1)):
+        raise ModelFileError(
+            f"{path.name} is {_shape(tuple(shape))}; the input needs {c}x{h}x{w} or {c}x1x1"
+        )
+    if dtype.kind not in "fu":
+        raise ModelFileError(f"{path.name} must hold numbers, not {dtype.kind!r} values")
+
+
+def validate_model_dir(folder: Path, limits: ModelLimits = ModelLimits()) -> ModelInfo:
+    """Check an unpacked model folder without building its network or reading its weights."""
+    info = read_model_info(folder, limits.info_bytes)
+    inp = info.input
+    found = inspect_safetensors(
+        _model_file(folder, info.files.weights, "weights"), limits.weights_bytes
+    )
+    side_h, side_w = (inp.crop_size, inp.crop_size) if inp.crop_size else (inp.height, inp.width)
+    network = info.network.model_dump(mode="json")
+    check_weights_fit(
+        expected_state(network, len(info.classes), inp.channels, side_h, side_w), found
+    )
+    if info.files.mean:
+        _inspect_mean(_model_file(folder, info.files.mean, "mean"), inp)
+    return info
 
 
 def load_model_dir(
-    folder: Path, device: str | torch.device = "cpu"
-) -> tuple[LoadedModel, dict[str, Any]]:
-    """A model from an unpacked archive (info.json, weights.safetensors, labels, mean)."""
-    info_path = folder / "info.json"
-    if not info_path.is_file():
-        raise ModelFileError("info.json is missing")
-    try:
-        info = json.loads(info_path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"info.json is not valid JSON: {exc}") from exc
-    if not isinstance(info, dict):
-        raise ModelFileError("info.json must hold an object")
-    missing = [k for k in REQUIRED_INFO if k not in info]
-    if missing:
-        raise ModelFileError(f"info.json is missing {', '.join(missing)}")
-    inp = info["input"]
-    try:
-        height, width, channels = int(inp["height"]), int(inp["width"]), int(inp["channels"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError("info.json input needs width, height and channels") from exc
-    classes = info["classes"]
-    if not isinstance(classes, list) or len(classes) < 2:
-        raise ModelFileError("info.json classes must list at least 2 class names")
-    weights_name = (info.get("files") or {}).get("weights") or "weights.safetensors"
-    weights = folder / Path(weights_name).name
-    if not weights.is_file():
-        raise ModelFileError(f"the weights file {weights_name!r} is missing")
-    state = load_safetensors(weights)
+    folder: Path, device: str | torch.device = "cpu", limits: ModelLimits = ModelLimits()
+) -> tuple[LoadedModel, ModelInfo]:
+    """A model from an unpacked archive (info.json, weights.safetensors, mean), validated first."""
+    info = validate_model_dir(folder, limits)
+    inp = info.input
+    state = load_safetensors(folder / info.files.weights)
     mean = None
-    mean_name = (info.get("files") or {}).get("mean")
-    if mean_name:
-        mean_path = folder / Path(mean_name).name
-        if not mean_path.is_file():
-            raise ModelFileError(f"the mean file {mean_name!r} is missing")
+    if info.files.mean:
         try:
-            mean_np = np.load(mean_path, allow_pickle=False)
-        except ValueError as exc:
-            raise ModelFileError(f"{mean_name} is not a plain numpy array") from exc
+            mean_np = np.load(folder / info.files.mean, allow_pickle=False)
+        except (ValueError, OSError, EOFError):
+            raise ModelFileError(f"{info.files.mean} is not a plain numpy array") from None
         mean = torch.from_numpy(mean_np.astype(np.float32))
-    network = info["network"]
-    if not isinstance(network, dict) or network.get("kind") not in ("standard", "custom"):
-        raise ModelFileError("info.json network must be a standard or custom network")
-    try:
-        model = from_parts(
-            network,
-            [str(c) for c in classes],
-            state,
-            height=height,
-            width=width,
-            channels=channels,
-            mean=mean,
-            crop=inp.get("crop_size"),
-            device=device,
-            meta={"metrics": info.get("metrics") or {}, "use_mean": inp.get("use_mean")},
-        )
-    except ModelFileError:
-        raise
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelFileError(f"the network in info.json cannot be built: {exc}") from exc
+    model = from_parts(
+        info.network.model_dump(mode="json"),
+        list(info.classes),
+        state,
+        height=inp.height,
+        width=inp.width,
+        channels=inp.channels,
+        mean=mean,
+        crop=inp.crop_size,
+        device=device,
+        meta={"metrics": dict(info.metrics), "use_mean": inp.use_mean},
+    )
     return model, info
