@@ -1,5 +1,5 @@
 // uPlot wrappers: one <Chart> for every time series in the UI (job page, compare, LR preview).
-import { html, uPlot, useEffect, useRef } from "./lib.js";
+import { html, uPlot, useEffect, useMemo, useRef } from "./lib.js";
 import { align, ema } from "./util/smooth.js";
 import { fmtBytes, fmtDuration, fmtNum } from "./util/format.js";
 
@@ -64,7 +64,7 @@ function xFormatter(kind) {
 export function Chart({
   series, height = 220, xKind = "epoch", log = false, smooth = 0, markers = [], syncKey = null,
   format = "num", hidden = null, highlight = null, onFocus = null, testid = null, yRange = null,
-  showLegend = true, points = false,
+  showLegend = true, points = false, version = undefined,
 }) {
   const box = useRef(null);
   const legend = useRef(null);
@@ -76,17 +76,24 @@ export function Chart({
   const smoothOn = smooth > 0;
 
   // uPlot wants one x column: align the series on the union of their x values
-  const built = buildData(series, smoothOn ? smooth : 0, log);
+  // with a `version`, the (costly) aligned table is rebuilt only when the data changed, not on
+  // every hover of the compare page
+  const built = useMemo(
+    () => buildData(series, smoothOn ? smooth : 0, log),
+    version === undefined ? [series] : [version, smooth, log, xKind, series.length],
+  );
+  const lastBuilt = useRef(null);
   const signature = JSON.stringify([series.map((s) => [s.label, s.color]), smoothOn, log, xKind, format, theme(), height, syncKey, points]);
 
   useEffect(() => {
     const el = box.current;
     if (!el) return undefined;
     if (plot.current && shape.current === signature) {
-      plot.current.setData(built, !zoomed.current);
-      plot.current.redraw(false);
+      if (lastBuilt.current !== built) plot.current.setData(built, !zoomed.current);
+      lastBuilt.current = built;
       return undefined;
     }
+    lastBuilt.current = built;
     if (plot.current) plot.current.destroy();
     shape.current = signature;
     zoomed.current = false;

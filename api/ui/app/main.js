@@ -4,6 +4,7 @@ import { api, onApiTrouble } from "./api.js";
 import { installLinkHandler, match, navigate, useLocation } from "./router.js";
 import { Dialog, usePoll } from "./components.js";
 import { session } from "./session.js";
+import { SHORTCUTS, applyTheme, getTheme } from "./prefs.js";
 import { LoginPage } from "./pages/login.js";
 import { HomePage } from "./pages/home.js";
 import { JobPage } from "./pages/job.js";
@@ -28,35 +29,6 @@ const ROUTES = [
   ["/models", ModelsPage],
   ["/settings", SettingsPage],
 ];
-
-export const SHORTCUTS = [
-  ["/", "Search or filter this page"],
-  ["g h", "Go home (jobs and datasets)"],
-  ["g q", "Go to the queue"],
-  ["g f", "Go to the fleet"],
-  ["g m", "Go to pretrained models"],
-  ["g s", "Go to settings"],
-  ["n", "New training job"],
-  ["?", "Show these shortcuts"],
-  ["Esc", "Close a dialog"],
-];
-
-function applyTheme(choice) {
-  const dark = choice === "dark" || (choice === "system" && matchMedia("(prefers-color-scheme: dark)").matches);
-  const next = dark ? "dark" : "light";
-  if (document.documentElement.dataset.theme !== next) {
-    document.documentElement.dataset.theme = next;
-    window.dispatchEvent(new Event("themechange"));
-  }
-}
-export function setTheme(choice) {
-  try { localStorage.setItem("digits.theme", choice); } catch { /* private mode */ }
-  applyTheme(choice);
-}
-export function getTheme() {
-  try { return localStorage.getItem("digits.theme") || "system"; } catch { return "system"; }
-}
-matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => applyTheme(getTheme()));
 
 function TopBar({ path }) {
   const [gpus, setGpus] = useState(null);

@@ -39,7 +39,13 @@ export async function jobSeries(jobId, { names = null, maxPoints = null } = {}) 
     const q = new URLSearchParams({ format: "columnar" });
     if (names) q.set("names", names.join(","));
     if (maxPoints) q.set("max_points", String(maxPoints));
-    const body = await api(`/jobs/${jobId}/metrics?${q}`);
+    let body = null;
+    try {
+      body = await api(`/jobs/${jobId}/metrics?${q}`);
+    } catch (err) {
+      if (!(err instanceof ApiError) || err.status === 404 || err.status === 401) throw err;
+      body = null; // a server whose columnar form fails: the plain rows still work
+    }
     if (body && body.series) {
       columnar = true;
       return body;
@@ -111,4 +117,31 @@ export function hasColumnar() {
 }
 export function hasBatch() {
   return batch;
+}
+
+/**
+ * Streamed points after a history snapshot, exactly once. A stream opened without a cursor
+ * replays every point of the job in the order the history holds them, so the first
+ * `histCount[name]` points of each series are the history's own and are skipped by count;
+ * a decimated history has no such count, and falls back to the step test of appendPoints.
+ */
+export function appendAfterHistory(series, points, seen, histCount, decimated, startedAt = null) {
+  let changed = false;
+  for (const p of points) {
+    for (const [name, value] of Object.entries(p.values || {})) {
+      seen[name] = (seen[name] || 0) + 1;
+      if (decimated) {
+        changed = appendPoints(series, [{ ...p, values: { [name]: value } }], startedAt) || changed;
+        continue;
+      }
+      if (seen[name] <= (histCount[name] || 0)) continue;
+      const s = series[name] || (series[name] = emptySeries());
+      s.step.push(p.step);
+      s.epoch.push(p.epoch);
+      s.time.push(p.time ?? (startedAt ? (Date.now() - startedAt) / 1000 : null));
+      s.value.push(value);
+      changed = true;
+    }
+  }
+  return changed;
 }

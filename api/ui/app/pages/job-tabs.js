@@ -1,0 +1,205 @@
+// The job page's tabs: logs (tail, follow, search), checkpoints, classify, evaluate.
+import { html, useEffect, useRef, useState } from "../lib.js";
+import { API, allPages, api, upload } from "../api.js";
+import { navigate } from "../router.js";
+import { DropZone, Empty, Problem, Status, toast } from "../components.js";
+import { fmtAgo, fmtBytes, fmtNum, fmtPct, metricLabel } from "../util/format.js";
+
+const TAIL = 2000;
+
+export function LogsTab({ job, logSubs }) {
+  const [text, setText] = useState("");
+  const [needle, setNeedle] = useState("");
+  const [followOn, setFollow] = useState(true);
+  const [error, setError] = useState(null);
+  const box = useRef(null);
+  const offset = useRef(null);
+  const running = job.status === "running" || job.status === "waiting";
+
+  useEffect(() => {
+    let stop = false;
+    let timer = null;
+    const trim = (t) => { const lines = t.split("\n"); return lines.length > TAIL * 2 ? lines.slice(-TAIL * 2).join("\n") : t; };
+    const first = async () => {
+      const resp = await api(`/jobs/${job.id}/logs?tail=${TAIL}`, { raw: true });
+      const next = resp.headers.get("X-Log-Offset");
+      offset.current = next === null ? null : Number(next);
+      const body = await resp.text();
+      if (!stop) setText(body);
+    };
+    const poll = async () => {
+      if (stop) return;
+      try {
+        if (offset.current !== null) {
+          const resp = await api(`/jobs/${job.id}/logs?offset=${offset.current}`, { raw: true });
+          const next = resp.headers.get("X-Log-Offset");
+          const more = await resp.text();
+          if (next !== null) offset.current = Number(next);
+          if (more && !stop) setText((t) => trim(t + more));
+        } else {
+          await first();
+        }
+        setError(null);
+      } catch (err) {
+        setError(err);
+      }
+      if (running && !stop) timer = setTimeout(poll, 1500);
+    };
+    first().then(() => { if (running) timer = setTimeout(poll, 1500); }, setError);
+    // log lines pushed on the event stream, when the server sends them
+    const onLog = (data) => {
+      if (!Array.isArray(data.lines)) return;
+      if (offset.current !== null && data.offset !== undefined && data.offset <= offset.current) return;
+      if (data.offset !== undefined) offset.current = data.offset;
+      setText((t) => trim(t + data.lines.join("\n") + "\n"));
+    };
+    logSubs.add(onLog);
+    return () => { stop = true; clearTimeout(timer); logSubs.delete(onLog); };
+  }, [job.id, running]);
+
+  useEffect(() => { if (followOn && box.current) box.current.scrollTop = box.current.scrollHeight; });
+
+  const lines = text.split("\n");
+  const q = needle.trim().toLowerCase();
+  const shown = q ? lines.filter((l) => l.toLowerCase().includes(q)) : lines;
+  return html`<div class="card" data-testid="logs">
+    <div class="toolbar">
+      <input data-search type="search" placeholder="Search the log  ( / )" value=${needle} onInput=${(e) => setNeedle(e.target.value)} style=${{ width: "280px" }} aria-label="Search the log" />
+      ${q && html`<span class="small muted">${shown.length} matching line${shown.length === 1 ? "" : "s"}</span>`}
+      <label class="row small"><input type="checkbox" checked=${followOn} onChange=${(e) => setFollow(e.target.checked)} /> follow</label>
+      <span class="grow"></span>
+      <a class="btn small" href=${`${API}/jobs/${job.id}/logs`} target="_blank" rel="noopener">Raw log</a>
+    </div>
+    <div class="card-body">
+      <${Problem} error=${error} />
+      <pre class="log" ref=${box} onScroll=${(e) => { const el = e.target; if (el.scrollHeight - el.scrollTop - el.clientHeight > 40 && followOn) setFollow(false); }}>${shown.map((l) => html`<div class=${/error|traceback|exception/i.test(l) ? "ln-err" : ""}>${q ? highlight(l, q) : l || " "}</div>`)}</pre>
+    </div>
+  </div>`;
+}
+
+function highlight(line, q) {
+  const parts = [];
+  const low = line.toLowerCase();
+  let i = 0;
+  for (;;) {
+    const j = low.indexOf(q, i);
+    if (j < 0) break;
+    parts.push(line.slice(i, j), html`<mark>${line.slice(j, j + q.length)}</mark>`);
+    i = j + q.length;
+  }
+  parts.push(line.slice(i));
+  return parts;
+}
+
+export function CheckpointsTab({ job, checkpoints, onDownload, onPretrained, onClassify }) {
+  if (!checkpoints.length) return html`<div class="card"><${Empty} title="No checkpoints yet">Snapshots appear every ${(job.request.hyperparameters || {}).snapshot_interval ?? 1} epoch(s).<//></div>`;
+  const names = Array.from(new Set(checkpoints.flatMap((c) => Object.keys(c.metrics || {})))).sort();
+  return html`<div class="card"><div class="table-wrap"><table class="t" data-testid="checkpoints">
+    <thead><tr><th>Checkpoint</th><th class="num">Epoch</th><th class="num">Step</th>${names.map((n) => html`<th class="num">${metricLabel(n)}</th>`)}<th class="num">Size</th><th>Saved</th><th></th></tr></thead>
+    <tbody>${checkpoints.map((c) => html`<tr>
+      <td><b>${c.name}</b></td><td class="num">${fmtNum(c.epoch, 3)}</td><td class="num">${fmtNum(c.step)}</td>
+      ${names.map((n) => html`<td class="num">${c.metrics[n] === undefined ? "–" : n.includes("accuracy") || n.includes("top5") ? fmtPct(c.metrics[n], 2) : fmtNum(c.metrics[n])}</td>`)}
+      <td class="num">${fmtBytes(c.size_bytes)}</td><td class="muted">${fmtAgo(c.created_at)}</td>
+      <td class="right nowrap"><button class="small ghost" onClick=${onClassify}>Classify</button><button class="small ghost" onClick=${onDownload}>Download</button><button class="small ghost" onClick=${onPretrained}>Pretrained</button></td>
+    </tr>`)}</tbody>
+  </table></div></div>`;
+}
+
+export function ClassifyTab({ job, checkpoints }) {
+  const [ckpt, setCkpt] = useState(checkpoints.some((c) => c.name === "best") ? "best" : "last");
+  const [topK, setTopK] = useState("5");
+  const [results, setResults] = useState([]);
+  const [error, setError] = useState(null);
+  const [busy, setBusy] = useState(false);
+  useEffect(() => () => results.forEach((r) => URL.revokeObjectURL(r.url)), []);
+  const run = async (files) => {
+    setError(null);
+    setBusy(true);
+    const form = new FormData();
+    for (const f of files) form.append("images", f, f.name);
+    form.append("checkpoint", ckpt);
+    form.append("top_k", topK);
+    try {
+      const body = await upload(`/jobs/${job.id}/classify`, form);
+      if (body.kind === "inference") { toast("Many images: queued as an inference job"); navigate(`/jobs/${body.id}`); return; }
+      const made = body.predictions.map((p, i) => ({ ...p, url: URL.createObjectURL(files[i]), ms: body.milliseconds, checkpoint: body.checkpoint }));
+      setResults((old) => [...made, ...old].slice(0, 60));
+    } catch (err) {
+      setError(err);
+    } finally {
+      setBusy(false);
+    }
+  };
+  if (!checkpoints.length) return html`<div class="card"><${Empty} title="Nothing to classify with yet">The job has saved no checkpoint.<//></div>`;
+  return html`<div class="stack" data-testid="classify">
+    <div class="card"><div class="card-body stack">
+      <div class="row wrap">
+        <div class="field"><label for="cl-ck">Checkpoint</label><select id="cl-ck" value=${ckpt} onChange=${(e) => setCkpt(e.target.value)}>${checkpoints.map((c) => html`<option value=${c.name}>${c.name} · epoch ${fmtNum(c.epoch, 3)}</option>`)}</select></div>
+        <div class="field"><label for="cl-k">Top</label><select id="cl-k" value=${topK} onChange=${(e) => setTopK(e.target.value)}>${["1", "3", "5", "10"].map((k) => html`<option>${k}</option>`)}</select></div>
+        ${results[0] && html`<span class="small muted" style=${{ alignSelf: "flex-end" }}>last answer in ${fmtNum(results[0].ms, 3)} ms (${results[0].checkpoint})</span>`}
+      </div>
+      <${DropZone} multiple accept="image/*" onFiles=${run} testid="classify-drop">
+        ${busy ? "Classifying…" : html`<b>Drop images here</b> or click to choose; the model service answers while training goes on`}
+      <//>
+      <${Problem} error=${error} />
+    </div></div>
+    ${results.length > 0 && html`<div class="preds" data-testid="predictions">${results.map((r) => html`<div class="card pred">
+      <img src=${r.url} alt=${r.filename} />
+      <div class="stack" style=${{ gap: "6px" }}>
+        <div class="small mono faint" style=${{ overflow: "hidden", textOverflow: "ellipsis", whiteSpace: "nowrap" }}>${r.filename}</div>
+        ${r.top.map((p) => html`<div class="bar-row" data-label=${p.label}><span class="lab">${p.label}</span><div class="bar"><div style=${{ width: fmtPct(p.probability, 1) }}></div></div><span class="mono right">${fmtPct(p.probability, 1)}</span></div>`)}
+      </div>
+    </div>`)}</div>`}
+  </div>`;
+}
+
+export function EvaluateTab({ job, checkpoints }) {
+  const [ckpt, setCkpt] = useState(checkpoints.some((c) => c.name === "best") ? "best" : "last");
+  const [source, setSource] = useState("val");
+  const [topN, setTopN] = useState("9");
+  const [archive, setArchive] = useState(null);
+  const [error, setError] = useState(null);
+  const [busy, setBusy] = useState(false);
+  const [evals, setEvals] = useState(null);
+  useEffect(() => {
+    allPages("/jobs?", { perPage: 200, max: 2000 }).then((all) => setEvals(all.filter((j) => j.kind === "evaluate" && j.request.source_job_id === job.id)), () => setEvals([]));
+  }, [job.id]);
+  const run = async (e) => {
+    e.preventDefault();
+    setError(null);
+    const form = new FormData();
+    form.append("checkpoint", ckpt);
+    form.append("top_n", topN);
+    if (source === "archive") {
+      if (!archive) { setError({ problem: { title: "Archive needed", detail: "drop a labelled archive (class folders)" } }); return; }
+      form.append("archive", archive, archive.name);
+    } else form.append("split", source);
+    setBusy(true);
+    try {
+      const ev = await upload(`/jobs/${job.id}/evaluate`, form);
+      navigate(`/jobs/${ev.id}`);
+    } catch (err) {
+      setError(err);
+    } finally {
+      setBusy(false);
+    }
+  };
+  return html`<div class="grid cols-2" data-testid="evaluate">
+    <form class="card" onSubmit=${run}><div class="card-head"><h2>Evaluate</h2></div><div class="card-body form">
+      <div class="fields">
+        <div class="field"><label for="ev-src">Images</label><select id="ev-src" value=${source} onChange=${(e) => setSource(e.target.value)}>
+          <option value="val">the dataset's val split</option><option value="test">the dataset's test split</option><option value="train">the dataset's train split</option><option value="archive">a labelled archive</option></select></div>
+        <div class="field"><label for="ev-ck">Checkpoint</label><select id="ev-ck" value=${ckpt} onChange=${(e) => setCkpt(e.target.value)}>${checkpoints.map((c) => html`<option value=${c.name}>${c.name}</option>`)}</select></div>
+        <div class="field"><label for="ev-n">Top images per class</label><input id="ev-n" type="number" min="0" max="100" value=${topN} onInput=${(e) => setTopN(e.target.value)} /></div>
+      </div>
+      ${source === "archive" && html`<${DropZone} accept=".zip,.tar,.tgz,.gz" onFiles=${(f) => setArchive(f[0])}>${archive ? html`<b>${archive.name}</b>` : html`<b>Drop an archive</b> of class folders with the job's class names`}<//>`}
+      <${Problem} error=${error} />
+      <div class="row"><span class="grow"></span><button class="primary" type="submit" disabled=${busy || !checkpoints.length} data-action="evaluate">${busy ? "Starting…" : "Evaluate"}</button></div>
+    </div></form>
+    <div class="card"><div class="card-head"><h2>Evaluations of this job</h2></div>
+      ${evals && evals.length ? html`<div class="table-wrap"><table class="t"><thead><tr><th>Evaluation</th><th>Status</th><th>Split</th><th>Created</th></tr></thead>
+        <tbody>${evals.map((e) => html`<tr><td><a class="name" href=${`/jobs/${e.id}`}>${e.request.split || "archive"} · ${e.request.checkpoint}</a></td><td><${Status} status=${e.status} /></td><td>${e.request.dataset_id ? e.request.split : "archive"}</td><td class="muted">${fmtAgo(e.created_at)}</td></tr>`)}</tbody></table></div>`
+        : html`<${Empty} title=${evals ? "None yet" : "Loading…"}>Top-1/top-5, a confusion matrix and per-class precision and recall.<//>`}
+    </div>
+  </div>`;
+}
