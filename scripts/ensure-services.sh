@@ -9,6 +9,12 @@ PY
 }
 redis_up() { [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = "PONG" ]; }
 
+# The browser tests (tests/ui) drive Debian's chromium; Playwright never downloads a browser.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "chromium is missing; installing Debian's package for the browser tests"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+    || echo "warning: could not install chromium; tests/ui will fail" >&2
+fi
 if ! pg_up; then
   echo "PostgreSQL is not answering on 127.0.0.1:5432; starting it"
   if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
