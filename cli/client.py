@@ -429,9 +429,9 @@ def _watch(api: Api, job_id: str, as_json: bool) -> int:
             disable=as_json,
         ) as bar:
             task = bar.add_task(job["name"], total=1.0, completed=job["progress"], info="")
-            last_id = None
+            last_id: str | None = None  # an opaque cursor
             while True:
-                headers: dict[str, str] = {"Last-Event-ID": str(last_id)} if last_id else {}
+                headers: dict[str, str] = {"Last-Event-ID": last_id} if last_id else {}
                 try:
                     with api.http.stream(
                         "GET",
@@ -450,7 +450,7 @@ def _watch(api: Api, job_id: str, as_json: bool) -> int:
                                     event[key] = value
                                 continue
                             if "id" in event:
-                                last_id = int(event["id"])
+                                last_id = event["id"]
                                 _on_event(
                                     event["event"], json.loads(event["data"]), state, bar, task
                                 )

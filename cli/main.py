@@ -86,6 +86,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     app = create_celery(settings, include=["worker.tasks"])
     from celery import signals
 
+    from shared.services import dispatch
+
+    # what this worker's sessions enqueue (requeues, re-sends) leaves after each commit
+    dispatch.install(ctx.sessions, dispatch.CelerySender(app, settings))
+
     from worker.heartbeat import Heartbeat
 
     kind = "gpu" if device == "cuda" else ("cpu-train" if device == "cpu" else "cpu")

@@ -56,10 +56,12 @@ class Forbidden(DomainError):
     title = "Forbidden"
 
 
-class PayloadTooLarge(DomainError):
-    status = 413
-    code = "payload_too_large"
-    title = "Payload too large"
+class LimitExceeded(DomainError):
+    """A valid request past one of the service's limits; the detail names the limit."""
+
+    status = 422
+    code = "limit_exceeded"
+    title = "Limit exceeded"
 
 
 class ServiceUnavailable(DomainError):

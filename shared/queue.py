@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -95,9 +98,18 @@ def create_celery(settings: Settings, *, include: list[str] | None = None) -> Ce
     return app
 
 
-def send_import(app: Celery, dataset_id: uuid.UUID) -> None:
-    """Ask a cpu worker to import a dataset (the task carries only the id)."""
-    app.send_task(IMPORT_DATASET, args=[str(dataset_id)], queue=CPU_QUEUE, routing_key=CPU_QUEUE)
+@dataclass(frozen=True)
+class Message:
+    """One "go look at row X" for the broker: a task name, the row's id, and its queue."""
+
+    task: str
+    id: uuid.UUID
+    queue: str
+
+    @property
+    def subject(self) -> str:
+        """Which table the id is in."""
+        return "dataset" if self.task == IMPORT_DATASET else "job"
 
 
 def train_queue(devices: int) -> str:
@@ -105,13 +117,80 @@ def train_queue(devices: int) -> str:
     return TRAIN_QUEUE if devices <= 1 else f"{TRAIN_QUEUE}.x{devices}"
 
 
-def send_train(app: Celery, job_id: uuid.UUID, worker: str | None = None, devices: int = 1) -> None:
-    """Queue training: the shared queue for its device count, or a worker's own queue."""
-    target = worker_queue(worker) if worker else train_queue(devices)
-    app.send_task(TRAIN, args=[str(job_id)], queue=target, routing_key=target)
+def training_message(job_id: uuid.UUID, worker: str | None = None, devices: int = 1) -> Message:
+    """Training goes to the shared queue for its device count, or to one worker's own queue."""
+    return Message(TRAIN, job_id, worker_queue(worker) if worker else train_queue(devices))
 
 
-def send_task(app: Celery, name: str, job_id: uuid.UUID) -> None:
-    """Queue a model job (inference, evaluation) on its route's queue."""
-    target = TASK_ROUTES[name]["queue"]
-    app.send_task(name, args=[str(job_id)], queue=target, routing_key=target)
+def cpu_message(task: str, row_id: uuid.UUID) -> Message:
+    """Imports, inference and evaluation go to the cpu queue."""
+    return Message(task, row_id, str(TASK_ROUTES[task]["queue"]))
+
+
+def send(app: Celery, message: Message) -> None:
+    """Put one message on the broker (raises when the broker is unreachable)."""
+    app.send_task(
+        message.task, args=[str(message.id)], queue=message.queue, routing_key=message.queue
+    )
+
+
+# Remove queued messages whose only argument is one of ARGV[2..] from the lists in KEYS, in one
+# pass over each list (kombu's Redis transport keeps a queue as a list of JSON envelopes whose
+# headers carry `argsrepr`). ARGV[1] is unused; ids are looked up in a table, so N messages and
+# M ids cost O(N + M).
+_DROP_SCRIPT = """
+local wanted = {}
+for i = 2, #ARGV do wanted[ARGV[i]] = true end
+local removed = 0
+for _, key in ipairs(KEYS) do
+  local items = redis.call('LRANGE', key, 0, -1)
+  for _, item in ipairs(items) do
+    local id = string.match(item, [["argsrepr": "%['([%w%-]+)'%]"]])
+    if id and wanted[id] then
+      removed = removed + redis.call('LREM', key, 1, item)
+    end
+  end
+end
+return removed
+"""
+
+
+def drop(app: Celery, settings: Settings, messages: list[Message]) -> int:
+    """Remove still-queued messages of aborted work, so workers do not wade through them.
+
+    Best effort: a message already taken by a worker finds nothing to claim. Returns how many
+    were removed.
+    """
+    if not messages:
+        return 0
+    ids = sorted({str(m.id) for m in messages})
+    queues = sorted({m.queue for m in messages})
+    if settings.is_embedded_broker:
+        return _drop_files(settings, queues, ids)
+    import redis
+
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=3)
+    try:
+        keys = [settings.broker_prefix + q for q in queues]
+        return int(client.eval(_DROP_SCRIPT, len(keys), *keys, "", *ids))  # type: ignore[arg-type]
+    finally:
+        client.close()
+
+
+def _drop_files(settings: Settings, queues: list[str], ids: list[str]) -> int:
+    """The filesystem transport keeps one file per message: `<time>_<uuid>.<queue>.msg`."""
+    folder = settings.broker_dir / "out"
+    wanted = set(ids)
+    removed = 0
+    for queue in queues:
+        for path in folder.glob(f"*.{queue}.msg"):
+            try:
+                envelope = json.loads(path.read_text())
+                argsrepr = envelope.get("headers", {}).get("argsrepr", "")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if argsrepr.strip("[]'\"") in wanted:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+    return removed

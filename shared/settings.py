@@ -63,7 +63,22 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="a worker silent this long is shown as stale"
     )
     max_job_seconds: int = Field(
-        default=7 * 24 * 3600, gt=0, description="the longest a job may run"
+        default=7 * 24 * 3600, gt=0, description="the longest a job may run (s); then error"
+    )
+    max_sweep_jobs: int = Field(
+        default=64, ge=1, description="jobs one submission (a sweep) may create"
+    )
+    max_epochs: int = Field(default=10_000, ge=1, description="the most epochs a job may ask")
+    max_evaluations: int = Field(
+        default=10_000,
+        ge=1,
+        description="validations (and snapshots) a job may make: epochs / interval at most this",
+    )
+    keep_snapshots: int = Field(
+        default=5, ge=1, description="epoch snapshots kept per job, besides best and last"
+    )
+    user_quota_bytes: int = Field(
+        default=0, ge=0, description="disk a user's datasets and jobs may use; 0 = no limit"
     )
     # Celery's Redis transport redelivers an unacknowledged task after this many seconds;
     # it must exceed the longest job (the claim on the job row makes a redelivery harmless).

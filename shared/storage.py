@@ -44,10 +44,10 @@ def is_under(path: Path, roots: list[Path]) -> bool:
     return False
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so readers see the old or the new content, never a part."""
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a file so readers see the old or the new content, never a part (temp + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

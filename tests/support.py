@@ -240,11 +240,18 @@ def submit(client: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def sse_events(
-    client: httpx.Client, job_id: str, last_id: int | None = None, stop_after: int | None = None
-) -> list[tuple[int, str, dict]]:
-    """Read the job's SSE stream until it ends (or after `stop_after` events)."""
-    headers = {"Last-Event-ID": str(last_id)} if last_id is not None else {}
-    events: list[tuple[int, str, dict]] = []
+    client: httpx.Client,
+    job_id: str,
+    last_id: tuple[int, int] | None = None,
+    stop_after: int | None = None,
+) -> list[tuple[tuple[int, int], str, dict]]:
+    """Read the job's SSE stream until it ends (or after `stop_after` events).
+
+    Ids are cursors "E.S" (last event, last status change), returned as (E, S) tuples: both
+    grow along the stream, so the tuples sort in stream order.
+    """
+    headers = {"Last-Event-ID": f"{last_id[0]}.{last_id[1]}"} if last_id is not None else {}
+    events: list[tuple[tuple[int, int], str, dict]] = []
     with client.stream("GET", f"/jobs/{job_id}/events", headers=headers, timeout=120) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
@@ -252,7 +259,9 @@ def sse_events(
         for line in resp.iter_lines():
             if line == "":
                 if "id" in event:
-                    events.append((int(event["id"]), event["event"], json.loads(event["data"])))
+                    head, _, tail = event["id"].partition(".")
+                    cursor = (int(head), int(tail))
+                    events.append((cursor, event["event"], json.loads(event["data"])))
                     if stop_after is not None and len(events) >= stop_after:
                         break
                 event = {}

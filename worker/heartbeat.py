@@ -11,10 +11,11 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
-from shared import queue
+from shared import storage
 from shared.db import session_scope, utcnow
 from shared.gpus import detect_gpus
 from shared.models import Job, Status, Worker
+from shared.services import dispatch
 from worker import context
 
 log = logging.getLogger("digits.worker.heartbeat")
@@ -75,23 +76,20 @@ class Heartbeat:
         ctx = context.get()
         names = [ctx.name, *(g["uuid"] for g in self.gpus)]
         with session_scope(ctx.sessions) as session:
-            ids = list(
+            jobs = list(
                 session.scalars(
-                    select(Job.id)
+                    select(Job)
                     .where(
-                        Job.status == Status.WAITING.value,
+                        Job.status == Status.WAITING,
                         or_(*(Job.requested_worker == n for n in names)),
                     )
                     .order_by(Job.created_at)
                 )
             )
-        if ids:
-            from celery import current_app
-
-            for job_id in ids:
-                queue.send_train(current_app, job_id, ctx.name)
-            log.info("worker %s adopted %d waiting job(s) that asked for it", ctx.name, len(ids))
-        return len(ids)
+            count = dispatch.enqueue(session, jobs)
+        if count:
+            log.info("worker %s adopted %d waiting job(s) that asked for it", ctx.name, count)
+        return count
 
     def stop(self) -> None:
         self._stop.set()
@@ -108,23 +106,28 @@ class Heartbeat:
         except Exception as exc:
             log.warning("could not mark worker stopped: %s", exc)
 
-    def reap(self) -> int:
-        """Requeue lost work and (re)send what the broker never got; returns messages sent."""
-        from celery import current_app
-
-        from shared.services import dispatch
-
+    def reap(self) -> dispatch.Sweep:
+        """Requeue lost work, (re)send what the broker never got, remove deleted work."""
         ctx = context.get()
         with session_scope(ctx.sessions) as session:
-            sends = dispatch.reap(session, ctx.settings)
-        sent = 0
-        for item in sends:
-            with session_scope(ctx.sessions) as session:
-                if dispatch.try_deliver(current_app, session, item):
-                    sent += 1
-        if sent:
-            log.info("reaper on %s sent %d message(s)", ctx.name, sent)
-        return sent
+            sweep = dispatch.reap(session, ctx.settings)
+        for subject, row_id in sweep.purged:
+            folder = (
+                storage.job_dir(ctx.settings, row_id)
+                if subject == "job"
+                else storage.dataset_dir(ctx.settings, row_id)
+            )
+            storage.remove_tree(folder)
+        if sweep.sent or sweep.requeued or sweep.gave_up or sweep.purged:
+            log.info(
+                "reaper on %s: requeued %d, gave up %d, sent %d, purged %d",
+                ctx.name,
+                len(sweep.requeued),
+                len(sweep.gave_up),
+                len(sweep.sent),
+                len(sweep.purged),
+            )
+        return sweep
 
     def _run(self) -> None:
         ctx = context.get()

@@ -1,212 +1,221 @@
-"""Inference and evaluation jobs: claim, run with the trained model, record the results."""
+"""Inference and evaluation jobs: the work itself; `worker.lifecycle` claims, leases, finishes."""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
+import os
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from shared import archives, dataset_store, storage
+from shared import archives, dataset_store, images, storage
 from shared.db import session_scope
-from shared.models import Dataset, Job, Status
-from shared.services import jobs as job_service
-from worker import context
+from shared.models import Checkpoint, Status
+from worker import context, lifecycle
 
 log = logging.getLogger("digits.worker.models")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
-
-class _Progress:
-    """Throttled progress updates and abort checks for a model job."""
-
-    def __init__(self, job_id: uuid.UUID) -> None:
-        self.job_id = job_id
-        self.last = 0.0
-
-    def __call__(self, fraction: float) -> bool:
-        """Record progress; True when the job was aborted."""
-        now = time.monotonic()
-        if now - self.last < 0.5:
-            return False
-        self.last = now
-        ctx = context.get()
-        with session_scope(ctx.sessions) as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == self.job_id)
-                .values(progress=round(min(fraction, 0.99), 4))
-            )
-            aborted = session.scalar(select(Job.abort_requested).where(Job.id == self.job_id))
-        return bool(aborted)
-
-
-def _run(job_id: uuid.UUID, work: Any) -> None:
+def _checkpoint_path(running: lifecycle.Running) -> Path:
+    """The source job's checkpoint file, looked up now (requests never carry server paths)."""
     ctx = context.get()
+    request = running.row.request
     with session_scope(ctx.sessions) as session:
-        job = job_service.claim_job(session, job_id, ctx.name)
-        if job is None:
-            log.info("job=%s nothing to claim", job_id)
-            return
-        request = dict(job.request)
-        dataset_dir = None
-        if request.get("dataset_id"):
-            dataset = session.get(Dataset, uuid.UUID(request["dataset_id"]))
-            dataset_dir = storage.dataset_dir(ctx.settings, dataset.id) if dataset else None
-    folder = storage.job_dir(ctx.settings, job_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    status, reason, values = Status.DONE, None, {}
-    try:
-        values = work(request, folder, dataset_dir, _Progress(job_id)) or {}
-    except _Aborted:
-        status, reason = Status.ABORTED, "aborted by user"
-    except (ValueError, OSError, archives.UnsafeArchive) as exc:
-        status, reason = Status.ERROR, str(exc)
-        log.warning("job=%s failed: %s", job_id, exc)
-    except Exception as exc:
-        status, reason = Status.ERROR, f"internal error: {type(exc).__name__}: {exc}"
-        log.exception("job=%s crashed", job_id)
-    with session_scope(ctx.sessions) as session:
-        job_service.finish_job(session, job_id, status, reason=reason, values=values)
+        row = session.scalar(
+            select(Checkpoint).where(
+                Checkpoint.job_id == uuid.UUID(request["source_job_id"]),
+                Checkpoint.name == request["checkpoint"],
+            )
+        )
+        if row is None or not Path(row.path).exists():
+            raise ModelJobError(
+                f"the checkpoint {request['checkpoint']!r} of job {request['source_job_id']} "
+                "is gone (was the job deleted?)"
+            )
+        return Path(row.path)
 
 
-class _Aborted(Exception):
-    pass
+class ModelJobError(ValueError):
+    """A model job that cannot run; the message is for the person who asked for it."""
+
+
+def _progress(running: lifecycle.Running, done: int, total: int) -> None:
+    running.progress(done / max(total, 1))
+    running.check()
 
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        if p.is_file()
+        and p.suffix.lower() in images.IMAGE_EXTENSIONS
+        and not p.name.startswith(".")
     )
 
 
-def run_inference(job_id: uuid.UUID) -> None:
-    """Classify every uploaded image (and archive member); results as JSON lines."""
+def run_inference(running: lifecycle.Running) -> lifecycle.Outcome:
+    """Classify every uploaded image (and archive member); results as JSON lines, one per input."""
+    from worker.training import inference
 
-    def work(
-        request: dict[str, Any], folder: Path, _dataset: Path | None, progress: _Progress
-    ) -> dict[str, Any]:
-        from worker.training import inference
-
-        ctx = context.get()
-        model = inference.load_checkpoint(Path(request["checkpoint_path"]), "cpu")
-        sources: list[tuple[str, Path]] = []
-        inputs = folder / "inputs"
-        if inputs.is_dir():
-            sources += [(p.name.split("-", 1)[-1], p) for p in _images_in(inputs)]
-        archive = folder / "input.archive"
-        if archive.exists():
-            extracted = folder / "extracted"
-            storage.remove_tree(extracted)
-            extracted.mkdir()
-            archives.extract_archive(archive, extracted)
-            sources += [(str(p.relative_to(extracted)), p) for p in _images_in(extracted)]
-        if not sources:
-            raise ValueError("no images to classify")
-        out = folder / "results.jsonl"
-        k = int(request.get("top_k", 5))
-        done = 0
-        with open(out, "w") as fh:
-            for start in range(0, len(sources), 256):
-                chunk = sources[start : start + 256]
-                arrays, names, failed = [], [], []
-                for name, path in chunk:
-                    try:
-                        arrays.append(
-                            inference.prepare_image(
-                                path.read_bytes(),
-                                name,
-                                width=model.width,
-                                height=model.height,
-                                channels=model.channels,
-                                resize_mode=request["resize_mode"],
-                                max_pixels=ctx.settings.max_image_pixels,
-                            )
+    ctx = context.get()
+    request = running.row.request
+    folder = storage.job_dir(ctx.settings, running.id)
+    model = inference.load_checkpoint(_checkpoint_path(running), "cpu")
+    running.check()
+    sources: list[tuple[str, Path]] = []
+    inputs = folder / "inputs"
+    if inputs.is_dir():
+        sources += [(p.name.split("-", 1)[-1], p) for p in _images_in(inputs)]
+    archive = folder / "input.archive"
+    if archive.exists():
+        extracted = folder / "extracted"
+        storage.remove_tree(extracted)
+        extracted.mkdir()
+        try:
+            archives.extract_archive(
+                archive, extracted, archives.ArchiveLimits.from_settings(ctx.settings)
+            )
+        except archives.UnsafeArchive as exc:
+            return lifecycle.Outcome(Status.ERROR, f"archive: {exc}")
+        sources += [(str(p.relative_to(extracted)), p) for p in _images_in(extracted)]
+    running.check()
+    if not sources:
+        return lifecycle.Outcome(Status.ERROR, "no images to classify")
+    k = int(request.get("top_k", 5))
+    tmp = folder / ".results.jsonl.tmp"
+    failed = 0
+    with open(tmp, "w") as fh:
+        for start in range(0, len(sources), 256):
+            chunk = sources[start : start + 256]
+            arrays, names, errors = [], [], []
+            for name, path in chunk:
+                try:
+                    arrays.append(
+                        inference.prepare_image(
+                            path.read_bytes(),
+                            name,
+                            width=model.width,
+                            height=model.height,
+                            channels=model.channels,
+                            resize_mode=request["resize_mode"],
+                            max_pixels=ctx.settings.max_image_pixels,
                         )
-                        names.append(name)
-                    except inference.InferenceInputError as exc:
-                        failed.append({"filename": name, "top": [], "error": str(exc)})
-                if arrays:
-                    probs = model.predict(np.stack(arrays))
-                    for name, top in zip(
-                        names, inference.top_k(probs, model.classes, k), strict=True
-                    ):
-                        fh.write(json.dumps({"filename": name, "top": top}) + "\n")
-                for item in failed:
-                    fh.write(json.dumps(item) + "\n")
-                done += len(chunk)
-                if progress(done / len(sources)):
-                    raise _Aborted
-        storage.remove_tree(folder / "extracted")
-        return {
-            "last": {"inference.images": {"value": float(len(sources)), "step": 0, "epoch": 0.0}}
-        }
+                    )
+                    names.append(name)
+                except inference.InferenceInputError as exc:
+                    errors.append({"filename": name, "top": [], "error": str(exc)})
+                except Exception as exc:  # one image that cannot be converted fails alone
+                    log.warning("job=%s %s: %s", running.id, name, type(exc).__name__)
+                    errors.append(
+                        {"filename": name, "top": [], "error": f"{name}: cannot be converted"}
+                    )
+            if arrays:
+                probs = model.predict(np.stack(arrays))
+                for name, top in zip(names, inference.top_k(probs, model.classes, k), strict=True):
+                    fh.write(json.dumps({"filename": name, "top": top}) + "\n")
+            for item in errors:
+                fh.write(json.dumps(item) + "\n")
+            failed += len(errors)
+            _progress(running, start + len(chunk), len(sources))
+    os.replace(tmp, folder / "results.jsonl")
+    storage.remove_tree(folder / "extracted")
+    point = {"step": 0, "epoch": 0.0}
+    return lifecycle.Outcome(
+        Status.DONE,
+        values={
+            "last": {
+                "inference.images": {"value": float(len(sources)), **point},
+                "inference.failed": {"value": float(failed), **point},
+            }
+        },
+    )
 
-    _run(job_id, work)
 
-
-def run_evaluation(job_id: uuid.UUID) -> None:
+def run_evaluation(running: lifecycle.Running) -> lifecycle.Outcome:
     """Accuracy, confusion matrix, precision/recall and top-N images of a model on labelled data."""
+    from worker.training import inference
 
-    def work(
-        request: dict[str, Any], folder: Path, dataset_dir: Path | None, progress: _Progress
-    ) -> dict[str, Any]:
-        from worker.training import inference
-
-        model = inference.load_checkpoint(Path(request["checkpoint_path"]), "cpu")
-        split = request.get("split", "val")
-        dataset_id = request.get("dataset_id")
-        if dataset_dir is None:
-            dataset_dir = _import_archive(folder, model, request["resize_mode"])
-            split = "train"
-        reader = dataset_store.open_split(dataset_dir, split)
-        data_classes = dataset_store.read_classes(dataset_dir)
-        unknown = [c for c in data_classes if c not in model.classes]
-        if unknown:
-            raise ValueError(f"the data has classes the model does not know: {unknown[:5]}")
-        mapping = np.array([model.classes.index(c) for c in data_classes], dtype=np.int64)
-        labels = mapping[np.asarray(reader.labels, dtype=np.int64)]
-        n = len(labels)
-        probs = np.zeros((n, len(model.classes)), dtype=np.float32)
-        for start in range(0, n, 512):
-            idx = np.arange(start, min(n, start + 512))
-            probs[idx] = model.predict(reader.images(idx))
-            if progress((start + len(idx)) / max(n, 1)):
-                raise _Aborted
-        result = summarize(probs, labels, model.classes, int(request.get("top_n", 9)))
-        base = f"/api/v1/datasets/{dataset_id}/samples/{split}/" if dataset_id else None
-        for items in result["top_images"].values():
-            for item in items:
-                item["image_url"] = f"{base}{item['index']}" if base else None
-        result.update(checkpoint=request["checkpoint"], dataset_id=dataset_id, split=split)
-        (folder / "evaluation.json").write_text(json.dumps(result))
-        point = {"step": 0, "epoch": 0.0}
-        return {
+    ctx = context.get()
+    request = running.row.request
+    folder = storage.job_dir(ctx.settings, running.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = inference.load_checkpoint(_checkpoint_path(running), "cpu")
+    running.check()
+    split = request.get("split", "val")
+    dataset_id = request.get("dataset_id")
+    if dataset_id:
+        dataset_dir = storage.dataset_dir(ctx.settings, uuid.UUID(dataset_id))
+    else:
+        try:
+            dataset_dir = _import_archive(folder, model, request["resize_mode"], running)
+        except archives.UnsafeArchive as exc:
+            return lifecycle.Outcome(Status.ERROR, f"archive: {exc}")
+        split = "train"
+    reader = dataset_store.open_split(dataset_dir, split)
+    data_classes = dataset_store.read_classes(dataset_dir)
+    unknown = [c for c in data_classes if c not in model.classes]
+    if unknown:
+        return lifecycle.Outcome(
+            Status.ERROR, f"the data has classes the model does not know: {unknown[:5]}"
+        )
+    shape = tuple(int(v) for v in reader.images(np.arange(min(1, len(reader)))).shape[1:])
+    if len(reader) and shape != (model.height, model.width, model.channels):
+        return lifecycle.Outcome(
+            Status.ERROR,
+            f"the data's images are {shape[1]}x{shape[0]}x{shape[2]}; the model takes "
+            f"{model.width}x{model.height}x{model.channels}",
+        )
+    mapping = np.array([model.classes.index(c) for c in data_classes], dtype=np.int64)
+    labels = mapping[np.asarray(reader.labels, dtype=np.int64)]
+    n = len(labels)
+    probs = np.zeros((n, len(model.classes)), dtype=np.float32)
+    for start in range(0, n, 512):
+        idx = np.arange(start, min(n, start + 512))
+        probs[idx] = model.predict(reader.images(idx))
+        _progress(running, start + len(idx), n)
+    result = summarize(probs, labels, model.classes, int(request.get("top_n", 9)))
+    base = f"/api/v1/datasets/{dataset_id}/samples/{split}/" if dataset_id else None
+    for items in result["top_images"].values():
+        for item in items:
+            item["image_url"] = f"{base}{item['index']}" if base else None
+    result.update(checkpoint=request["checkpoint"], dataset_id=dataset_id, split=split)
+    storage.atomic_write(folder / "evaluation.json", json.dumps(result).encode())
+    pred = probs.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
+    cells = {
+        "true": labels.tolist(),
+        "pred": pred.tolist(),
+        "probability": [round(float(p), 6) for p in probs[np.arange(n), pred]] if n else [],
+        "image_base": base,
+    }
+    storage.atomic_write(folder / "predictions.json", json.dumps(cells).encode())
+    point = {"step": 0, "epoch": 0.0}
+    return lifecycle.Outcome(
+        Status.DONE,
+        values={
             "last": {
                 "eval.top1": {"value": result["top1"], **point},
                 "eval.top5": {"value": result["top5"], **point},
             }
-        }
+        },
+    )
 
-    _run(job_id, work)
 
-
-def _import_archive(folder: Path, model: Any, resize_mode: str) -> Path:
+def _import_archive(folder: Path, model: Any, resize_mode: str, running: lifecycle.Running) -> Path:
     """Import an uploaded labelled archive with the model's input geometry."""
     from worker.datasets.importer import ImportOptions, Source, import_dataset
 
+    ctx = context.get()
     src = folder / "extracted"
     storage.remove_tree(src)
     src.mkdir()
-    archives.extract_archive(folder / "input.archive", src)
+    archives.extract_archive(
+        folder / "input.archive", src, archives.ArchiveLimits.from_settings(ctx.settings)
+    )
     out = folder / "eval-data"
     storage.remove_tree(out)
     import_dataset(
@@ -220,8 +229,10 @@ def _import_archive(folder: Path, model: Any, resize_mode: str) -> Path:
             test_pct=0,
             min_per_class=1,
             encoding="raw",
+            max_image_pixels=ctx.settings.max_image_pixels,
         ),
         out,
+        should_abort=running.should_stop,
     )
     storage.remove_tree(src)
     return out

@@ -1,5 +1,8 @@
 """Writes what the training engine reports into the database, from a background thread, so the
-training loop never waits on SQL. Also carries the abort flag back to the loop."""
+training loop never waits on SQL. Also carries the abort flag back to the loop.
+
+It writes metrics, progress and checkpoint rows only: the job's status and lease belong to the
+worker that runs it (`worker.lifecycle`)."""
 
 from __future__ import annotations
 
@@ -38,8 +41,10 @@ class DbReporter:
         best: dict[str, Any] | None = None,
         last: dict[str, Any] | None = None,
         worker: str | None = None,
+        keep: int = 5,
     ) -> None:
         self.worker = worker
+        self.keep = keep
         self._position: tuple[int, float] = (0, 0.0)
         self._live: dict[str, float] | None = None
         self.sessions = sessions
@@ -139,7 +144,7 @@ class DbReporter:
     ) -> None:
         now = utcnow()
         with session_scope(self.sessions) as session:
-            values: dict[str, Any] = {"heartbeat_at": now}
+            values: dict[str, Any] = {}
             if points:
                 rows = []
                 for step, epoch, series in points:
@@ -197,7 +202,10 @@ class DbReporter:
                 )
             for info in checkpoints:
                 self._save_checkpoint(session, info)
-            session.execute(update(Job).where(Job.id == self.job_id).values(**values))
+            if checkpoints:
+                self._retire_snapshots(session)
+            if values:
+                session.execute(update(Job).where(Job.id == self.job_id).values(**values))
             if live is not None and self.worker:
                 session.execute(
                     update(Worker)
@@ -207,6 +215,17 @@ class DbReporter:
             abort = session.scalar(select(Job.abort_requested).where(Job.id == self.job_id))
         if abort:
             self._stop.set()
+
+    def _retire_snapshots(self, session: Session) -> None:
+        """Keep `best`, `last` and the newest `keep` epoch snapshots; remove older ones."""
+        rows = session.scalars(
+            select(Checkpoint)
+            .where(Checkpoint.job_id == self.job_id, Checkpoint.name.like("epoch-%"))
+            .order_by(Checkpoint.step.desc())
+        ).all()
+        for row in rows[self.keep :]:
+            Path(row.path).unlink(missing_ok=True)
+            session.delete(row)
 
     def _save_checkpoint(self, session: Session, info: Any) -> None:
         path = Path(info.path)

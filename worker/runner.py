@@ -24,10 +24,10 @@ from shared import storage
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.logging import configure_logging
 from shared.models import Checkpoint, Job, MetricPoint, Status
-from shared.services import dispatch
-from shared.services import jobs as job_service
+from shared.schemas.jobs import Hyperparameters
+from shared.schemas.work import CheckpointRef, TrainingOutcome, TrainingPlan
 from shared.settings import Settings
-from worker import context
+from worker import context, lifecycle
 
 log = logging.getLogger("digits.worker.runner")
 
@@ -37,6 +37,8 @@ _current_child: list[Any] = []
 _shutting_down = threading.Event()
 
 SHUTDOWN_REASON = "requeued: its worker shut down (the attempt is not counted)"
+# seconds a training child has to heed an abort (it checks every ~0.5 s) before it is killed
+ABORT_GRACE = 10.0
 
 
 def _mp_context() -> Any:
@@ -69,53 +71,46 @@ def request_shutdown() -> None:
             os.kill(child.pid, signal.SIGTERM)
 
 
-def run_job(job_id: uuid.UUID) -> None:
-    """Claim a training job, train it in a child process, and make sure it ends somewhere."""
+def train_job(running: lifecycle.Running) -> lifecycle.Outcome:
+    """Train a claimed job in child processes; the worker's lease covers the whole run."""
     ctx = context.get()
+    job_id = running.id
     with session_scope(ctx.sessions) as session:
-        job = job_service.claim_job(session, job_id, ctx.name)
+        job = session.get(Job, job_id)
         if job is None:
-            log.info("job=%s nothing to claim (duplicate delivery, aborted or gone)", job_id)
-            return
+            raise lifecycle.Stopped
         try:
-            plan = _plan(session, ctx.settings, job)
+            plan = make_plan(session, ctx.settings, job)
         except ValueError as exc:
-            job_service.finish_job(session, job_id, Status.ERROR, reason=str(exc))
-            return
-        attempts = job.attempts
-        if plan["world_size"] > ctx.devices:
-            job_service.finish_job(
-                session,
-                job_id,
-                Status.ERROR,
-                reason=f"the job asks for {plan['world_size']} devices; worker {ctx.name} has "
-                f"{ctx.devices} (start one with `digits worker --gpus 0,1,...`)",
-            )
-            return
+            return lifecycle.Outcome(Status.ERROR, str(exc))
+    if plan.world_size > ctx.devices:
+        return lifecycle.Outcome(
+            Status.ERROR,
+            f"the job asks for {plan.world_size} devices; worker {ctx.name} has "
+            f"{ctx.devices} (start one with `digits worker --gpus 0,1,...`)",
+        )
     log.info(
-        "job=%s attempt %d starts on %s (device %s)%s",
+        "job=%s attempt %d trains on %s (device %s)%s",
         job_id,
-        attempts,
+        running.attempt,
         ctx.name,
         ctx.device,
-        " resuming" if plan["resume_candidates"] else "",
+        " resuming" if plan.resume_candidates else "",
     )
-    ctx.current_job = job_id
-    if ctx.heartbeat is not None:
-        ctx.heartbeat.beat_now()
-    world = int(plan.get("world_size") or 1)
+    world = plan.world_size
     port = _free_port() if world > 1 else 0
+    receiver, sender = _mp_context().Pipe(duplex=False)
     children = [
         _mp_context().Process(
             target=child_main,
             args=(
                 ctx.settings.model_dump(mode="json"),
-                str(job_id),
-                plan,
+                plan.model_dump(mode="json"),
                 ctx.device,
                 ctx.name,
                 os.getpid(),
                 {"rank": rank, "world_size": world, "port": port} if world > 1 else None,
+                sender if rank == 0 else None,
             ),
             name=f"train-{job_id}-{rank}",
             daemon=False,
@@ -125,25 +120,41 @@ def run_job(job_id: uuid.UUID) -> None:
     for child in children:
         child.start()
         _current_child.append(child)
+    sender.close()
     try:
-        _join_all(children)
+        stopped = _wait(children, running, ctx.settings.max_job_seconds)
     finally:
         _current_child.clear()
-        ctx.current_job = None
-        if ctx.heartbeat is not None:
-            ctx.heartbeat.beat_now()
-    child = next((c for c in children if c.exitcode != 0), children[0])
-    if child.exitcode != 0:
-        _after_crash(job_id, attempts, child.exitcode)
-    with session_scope(ctx.sessions) as session:
-        job = session.get(Job, job_id)
-        if job is not None and job.status == Status.WAITING.value and job.enqueued_at is None:
-            from celery import current_app
-
-            item = dispatch.job_send(job)
-            if item is not None:
-                dispatch.try_deliver(current_app, session, item)
-    log.info("job=%s attempt %d ended on %s", job_id, attempts, ctx.name)
+    outcome = None
+    if receiver.poll():
+        try:
+            outcome = TrainingOutcome.model_validate(receiver.recv())
+        except (EOFError, OSError, ValueError):
+            outcome = None
+    receiver.close()
+    if stopped == "lost":
+        raise lifecycle.Stopped
+    if stopped == "time":
+        return lifecycle.Outcome(
+            Status.ERROR,
+            f"stopped: it ran past the limit of {ctx.settings.max_job_seconds} s "
+            "(DIGITS_MAX_JOB_SECONDS)",
+        )
+    if stopped == "abort":
+        return lifecycle.Outcome(Status.ABORTED, "aborted by user")
+    if outcome is None:
+        child = next((c for c in children if c.exitcode != 0), children[0])
+        return _after_crash(running.attempt, child.exitcode)
+    if outcome.status == "shutdown":
+        return lifecycle.Outcome(Status.WAITING, SHUTDOWN_REASON, count_attempt=False)
+    if outcome.status == "done":
+        log.info(
+            "job=%s done after %d steps, %.1f images/s",
+            job_id,
+            outcome.steps,
+            outcome.images_per_second,
+        )
+    return lifecycle.Outcome(Status(outcome.status), outcome.reason)
 
 
 def _free_port() -> int:
@@ -154,34 +165,47 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _join_all(children: list[Any]) -> None:
-    """Wait for every rank; when one dies, the others cannot go on: stop them."""
+def _wait(children: list[Any], running: lifecycle.Running, max_seconds: float) -> str | None:
+    """Wait for every rank. Stop them all when one dies (None), the lease is lost ("lost"),
+    an abort is not heeded within ABORT_GRACE seconds ("abort"), or the job runs past its
+    time limit ("time")."""
+    started = time.monotonic()
+    abort_seen: float | None = None
     while True:
         alive = [c for c in children if c.exitcode is None]
         if not alive:
-            return
-        if any(c.exitcode not in (None, 0) for c in children):
-            for c in alive:
-                c.kill()
-            for c in alive:
-                c.join()
-            return
-        alive[0].join(timeout=0.5)
+            return None
+        now = time.monotonic()
+        if running.lease.aborted.is_set() and abort_seen is None:
+            abort_seen = now
+        reason: str | None = None
+        if running.lease.lost.is_set():
+            reason = "lost"
+        elif abort_seen is not None and now - abort_seen > ABORT_GRACE:
+            reason = "abort"
+        elif now - started > max_seconds:
+            reason = "time"
+        elif not any(c.exitcode not in (None, 0) for c in children):
+            alive[0].join(timeout=0.2)
+            continue
+        for c in alive:
+            c.kill()
+        for c in alive:
+            c.join()
+        return reason
 
 
-def _after_crash(job_id: uuid.UUID, attempts: int, exitcode: int | None) -> None:
+def _after_crash(attempt: int, exitcode: int | None) -> lifecycle.Outcome:
     """The child died: requeue within the restart budget, else end in error."""
     ctx = context.get()
     how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"code {exitcode}"
-    with session_scope(ctx.sessions) as session:
-        if attempts >= ctx.settings.max_attempts:
-            reason = f"gave up after {attempts} attempts: the training process died ({how})"
-            if job_service.finish_job(session, job_id, Status.ERROR, reason=reason):
-                log.error("job=%s %s", job_id, reason)
-            return
-        reason = f"requeued: the training process died ({how}) on {ctx.name}"
-        if dispatch.requeue(session, job_id, reason, count_attempt=True):
-            log.warning("job=%s %s", job_id, reason)
+    if attempt >= ctx.settings.max_attempts:
+        return lifecycle.Outcome(
+            Status.ERROR, f"gave up after {attempt} attempts: the training process died ({how})"
+        )
+    return lifecycle.Outcome(
+        Status.WAITING, f"requeued: the training process died ({how}) on {ctx.name}"
+    )
 
 
 def _head_free(network: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +217,7 @@ def _head_free(network: dict[str, Any]) -> dict[str, Any]:
     return network
 
 
-def _plan(session: Any, settings: Settings, job: Job) -> dict[str, Any]:
+def make_plan(session: Any, settings: Settings, job: Job) -> TrainingPlan:
     """Everything the child needs, resolved while we hold the database session."""
     request = job.request
     network = dict(request["network"])
@@ -224,23 +248,25 @@ def _plan(session: Any, settings: Settings, job: Job) -> dict[str, Any]:
             raise ValueError(f"the previous job's checkpoint {name!r} is gone")
         init_checkpoint = row.path
         network = _head_free(source.request["network"])
-    out_dir = storage.job_dir(settings, job.id)
     # resume candidates: recorded checkpoints, newest first. A file written just before a
     # crash, whose row (and metrics) never reached the database, is not among them.
     rows = session.scalars(
         select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step.desc())
     ).all()
-    candidates = [[row.path, row.step] for row in rows if Path(row.path).exists()]
     assert job.dataset_id is not None
-    return {
-        "dataset_dir": str(storage.dataset_dir(settings, job.dataset_id)),
-        "network": network,
-        "hyper": request["hyperparameters"],
-        "out_dir": str(out_dir),
-        "init_checkpoint": init_checkpoint,
-        "resume_candidates": candidates,
-        "world_size": int(request.get("gpus") or 1),
-    }
+    return TrainingPlan(
+        job_id=str(job.id),
+        dataset_dir=str(storage.dataset_dir(settings, job.dataset_id)),
+        network=network,
+        hyper=Hyperparameters.model_validate(request["hyperparameters"]),
+        out_dir=str(storage.job_dir(settings, job.id)),
+        init_checkpoint=init_checkpoint,
+        resume_candidates=[
+            CheckpointRef(path=r.path, step=r.step) for r in rows if Path(r.path).exists()
+        ],
+        world_size=int(request.get("gpus") or 1),
+        keep_snapshots=settings.keep_snapshots,
+    )
 
 
 class _AbortedBeforeStart(Exception):
@@ -269,16 +295,16 @@ def _watch_parent(worker_pid: int) -> None:
             os._exit(3)
 
 
-def _pick_resume(candidates: list[list[Any]]) -> tuple[Path | None, int]:
+def _pick_resume(candidates: list[CheckpointRef]) -> tuple[Path | None, int]:
     """The newest recorded checkpoint whose file holds the step its row says."""
     from worker.training import checkpoint as ckpt
 
-    for path, step in candidates:
+    for ref in candidates:
         try:
-            if int(ckpt.load(Path(path))["step"]) == int(step):
-                return Path(path), int(step)
+            if int(ckpt.load(Path(ref.path))["step"]) == ref.step:
+                return Path(ref.path), ref.step
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            log.warning("cannot resume from %s: %s", path, exc)
+            log.warning("cannot resume from %s: %s", Path(ref.path).name, exc)
     return None, -1
 
 
@@ -295,28 +321,30 @@ def _forget_after(sessions: Any, job_id: uuid.UUID, step: int) -> None:
 
 def child_main(
     settings_json: dict[str, Any],
-    job_id_str: str,
-    plan: dict[str, Any],
+    plan_json: dict[str, Any],
     device: str | None,
     worker_name: str | None = None,
     worker_pid: int | None = None,
     dist: dict[str, int] | None = None,
+    outcome_pipe: Any = None,
 ) -> None:
-    """Entry point of the training child: train, report, and record the outcome.
+    """Entry point of the training child: train, report metrics, send back how it ended.
 
-    With `dist`, this is one rank of a DistributedDataParallel job: rank 0 reports and
-    records, the others only train.
+    The worker (our parent) owns the job's state: it holds the lease and records the outcome
+    we send over `outcome_pipe`. With `dist`, this is one rank of a DistributedDataParallel
+    job: rank 0 reports, the others only train.
     """
+    plan = TrainingPlan.model_validate(plan_json)
     if dist is not None and dist["rank"] != 0:
         _follower(settings_json, plan, device, worker_pid, dist)
         return
     if dist is not None:
         _init_distributed(device, dist)
     settings = Settings.model_validate(settings_json)
-    job_id = uuid.UUID(job_id_str)
+    job_id = uuid.UUID(plan.job_id)
     if worker_pid:
         threading.Thread(target=_watch_parent, args=(worker_pid,), daemon=True).start()
-    out_dir = Path(plan["out_dir"])
+    out_dir = Path(plan.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(settings.log_level)
     handler = logging.FileHandler(out_dir / "job.log")
@@ -326,23 +354,24 @@ def child_main(
     engine = make_engine(settings)
     sessions = make_session_factory(engine)
 
-    from shared.schemas.jobs import Hyperparameters
     from worker.reporter import DbReporter
     from worker.telemetry import Sampler
     from worker.training.engine import TrainingError, TrainSpec, train
 
-    resume, step = _pick_resume(plan.get("resume_candidates") or [])
+    resume, step = _pick_resume(plan.resume_candidates)
     if resume is not None:
         _forget_after(sessions, job_id, step)
         log.info("job=%s resuming from %s at step %d", job_id, resume.name, step)
-    elif plan.get("resume_candidates"):
+    elif plan.resume_candidates:
         log.warning("job=%s no usable checkpoint to resume from; starting over", job_id)
         _forget_after(sessions, job_id, -1)
 
     with session_scope(sessions) as session:
         job = session.get(Job, job_id)
         best, last = (dict(job.best or {}), dict(job.last or {})) if job else ({}, {})
-    reporter = DbReporter(sessions, job_id, best=best, last=last, worker=worker_name)
+    reporter = DbReporter(
+        sessions, job_id, best=best, last=last, worker=worker_name, keep=plan.keep_snapshots
+    )
     stop_for_shutdown = threading.Event()
 
     def on_sigterm(_signum: int, _frame: object) -> None:
@@ -355,25 +384,29 @@ def child_main(
     reporter.start()
     sampler = Sampler(reporter.telemetry, interval=settings.telemetry_interval).start()
     spec = TrainSpec(
-        dataset_dir=Path(plan["dataset_dir"]),
-        network=plan["network"],
-        hyper=Hyperparameters.model_validate(plan["hyper"]),
+        dataset_dir=Path(plan.dataset_dir),
+        network=plan.network,
+        hyper=plan.hyper,
         out_dir=out_dir,
         device=device,
-        init_checkpoint=Path(plan["init_checkpoint"]) if plan["init_checkpoint"] else None,
+        init_checkpoint=Path(plan.init_checkpoint) if plan.init_checkpoint else None,
         resume_checkpoint=resume,
         rank=0,
-        world_size=dist["world_size"] if dist else 1,
+        world_size=plan.world_size,
     )
-    status, reason = Status.DONE, None
+    outcome = TrainingOutcome(status="done")
     try:
         if reporter.should_stop():
             raise _AbortedBeforeStart
         result = train(spec, reporter)
         if result.outcome == "stopped":
-            status, reason = Status.ABORTED, "aborted by user"
-        elif result.outcome == "early_stopped":
-            reporter.log(f"early stopping at epoch {result.epoch:.2f}")
+            outcome = TrainingOutcome(status="aborted", reason="aborted by user")
+        else:
+            if result.outcome == "early_stopped":
+                reporter.log(f"early stopping at epoch {result.epoch:.2f}")
+            outcome = TrainingOutcome(
+                status="done", steps=result.steps, images_per_second=result.images_per_second
+            )
         log.info(
             "job=%s %s after %d steps, %.1f images/s",
             job_id,
@@ -382,21 +415,21 @@ def child_main(
             result.images_per_second,
         )
     except _AbortedBeforeStart:
-        status, reason = Status.ABORTED, "aborted by user"
+        outcome = TrainingOutcome(status="aborted", reason="aborted by user")
     except TrainingError as exc:
-        status, reason = Status.ERROR, str(exc)
+        outcome = TrainingOutcome(status="error", reason=str(exc))
         log.error("job=%s training failed: %s", job_id, exc)
     except Exception as exc:
-        status, reason = Status.ERROR, f"internal error: {type(exc).__name__}: {exc}"
+        outcome = TrainingOutcome(status="error", reason=f"internal error: {type(exc).__name__}")
         log.exception("job=%s training crashed", job_id)
     finally:
         sampler.stop()
         reporter.close()
-    with session_scope(sessions) as session:
-        if stop_for_shutdown.is_set() and status == Status.ABORTED:
-            dispatch.requeue(session, job_id, SHUTDOWN_REASON, count_attempt=False)
-        else:
-            job_service.finish_job(session, job_id, status, reason=reason)
+    if stop_for_shutdown.is_set() and outcome.status == "aborted":
+        outcome = TrainingOutcome(status="shutdown")
+    if outcome_pipe is not None:
+        outcome_pipe.send(outcome.model_dump(mode="json"))
+        outcome_pipe.close()
     engine.dispose()
     logging.getLogger().removeHandler(handler)
     handler.close()
@@ -439,7 +472,7 @@ class _Silent:
 
 def _follower(
     settings_json: dict[str, Any],
-    plan: dict[str, Any],
+    plan: TrainingPlan,
     device: str | None,
     worker_pid: int | None,
     dist: dict[str, int],
@@ -452,17 +485,16 @@ def _follower(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # rank 0 decides when to stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _init_distributed(device, dist)
-    from shared.schemas.jobs import Hyperparameters
     from worker.training.engine import TrainSpec, train
 
-    resume, _step = _pick_resume(plan.get("resume_candidates") or [])
+    resume, _step = _pick_resume(plan.resume_candidates)
     spec = TrainSpec(
-        dataset_dir=Path(plan["dataset_dir"]),
-        network=plan["network"],
-        hyper=Hyperparameters.model_validate(plan["hyper"]),
-        out_dir=Path(plan["out_dir"]),
+        dataset_dir=Path(plan.dataset_dir),
+        network=plan.network,
+        hyper=plan.hyper,
+        out_dir=Path(plan.out_dir),
         device=f"cuda:{dist['rank']}" if device == "cuda" else device,
-        init_checkpoint=Path(plan["init_checkpoint"]) if plan["init_checkpoint"] else None,
+        init_checkpoint=Path(plan.init_checkpoint) if plan.init_checkpoint else None,
         resume_checkpoint=resume,
         rank=dist["rank"],
         world_size=dist["world_size"],

@@ -12,14 +12,21 @@ from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import Field
 
-from api.deps import CeleryDep, CurrentUser, SessionDep, SettingsDep, get_current_user
-from shared import archives, dataset_store, queue, storage
+from api.deps import CurrentUser, SessionDep, SettingsDep, get_current_user
+from shared import archives, dataset_store, storage
 from shared.errors import Forbidden, InvalidInput, NotFound
 from shared.models import Status, User
 from shared.schemas.common import PROBLEM_RESPONSES, Page, Problem
 from shared.schemas.datasets import DatasetOptions, DatasetRead, SamplePage, SampleRead, Split
-from shared.services import datasets as service
-from shared.services import dispatch
+from shared.schemas.work import (
+    ArchiveInput,
+    FolderSource,
+    ImageInput,
+    ListInput,
+    PathInput,
+    TextfileSource,
+)
+from shared.services import datasets as datasets_service
 from shared.settings import Settings
 
 log = logging.getLogger("digits.api.datasets")
@@ -52,6 +59,10 @@ class _Upload:
 
 def _server_folder(settings: Settings, raw: str, field: str) -> Path:
     """A server path the caller may import from: under an allowed root, an existing folder."""
+    if "\x00" in raw:
+        raise InvalidInput(f"{field}: the path holds a NUL byte", code="invalid_path")
+    if len(raw) > 4096:
+        raise InvalidInput(f"{field}: the path is longer than 4096 characters", code="invalid_path")
     if not settings.import_roots:
         raise Forbidden(
             f"{field}: importing from server folders is disabled; "
@@ -66,33 +77,39 @@ def _server_folder(settings: Settings, raw: str, field: str) -> Path:
             f"{field}: {raw!r} is outside the allowed import roots",
             code="import_path_not_allowed",
         )
-    if not path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError:  # a name too long for the filesystem, a loop of links
+        is_dir = False
+    if not is_dir:
         raise InvalidInput(f"{field}: {raw!r} is not a folder", code="invalid_path")
+    if storage.is_under(settings.resolved_data_dir, [path]):
+        raise Forbidden(
+            f"{field}: {raw!r} contains the service's data directory; choose a folder inside it",
+            code="import_path_not_allowed",
+        )
     return path
-
-
-def _limits(settings: Settings) -> archives.ArchiveLimits:
-    return archives.ArchiveLimits(
-        max_members=settings.archive_max_members,
-        max_total_bytes=settings.archive_max_total_bytes,
-    )
 
 
 def _save_archive(
     upload: _Upload, settings: Settings, file: UploadFile, split: str
-) -> dict[str, Any]:
+) -> ArchiveInput:
     path = upload.save(file, f"{split}.archive")
     try:
-        info = archives.inspect_archive(path, _limits(settings))
+        info = archives.inspect_archive(path, archives.ArchiveLimits.from_settings(settings))
     except archives.UnsafeArchive as exc:
         raise InvalidInput(f"{split} archive: {exc}", code=exc.code) from exc
-    return {
-        "kind": "archive",
-        "file": str(path.relative_to(upload.root)),
-        "filename": file.filename,
-        "archive": info.kind,
-        "members": info.members,
-    }
+    return ArchiveInput(
+        file=str(path.relative_to(upload.root)),
+        filename=_client_name(file),
+        archive=info.kind,
+        members=info.members,
+    )
+
+
+def _client_name(file: UploadFile) -> str | None:
+    """The name the client gave a file, bounded (it is only shown back)."""
+    return Path(file.filename).name[:255] if file.filename else None
 
 
 def _save_list(upload: _Upload, file: UploadFile, name: str) -> str:
@@ -161,117 +178,108 @@ def create_dataset(
     session: SessionDep,
     user: CurrentUser,
     settings: SettingsDep,
-    celery: CeleryDep,
 ) -> DatasetRead:
     """Queue the import of a dataset from an archive, a server folder or list files (202)."""
     opts = DatasetOptions.model_validate(form.model_dump(exclude=set(_FILE_FIELDS)))
+    datasets_service.check_quota(session, user, settings)
     dataset_id = uuid.uuid4()
     upload = _Upload(settings, dataset_id)
     try:
-        source = _collect_sources(
-            upload,
-            settings,
-            opts,
-            form.archive,
-            form.val_archive,
-            form.test_archive,
-            form.train_list,
-            form.val_list,
-            form.test_list,
-            form.labels,
+        source = _collect_sources(upload, settings, opts, form)
+        dataset = datasets_service.create_dataset(
+            session, dataset_id, opts, source.model_dump(mode="json"), user
         )
-        dataset = service.create_dataset(session, dataset_id, opts, source, user)
-        session.commit()
+        read = datasets_service.read(session, dataset)
+        session.commit()  # the import's message leaves now
     except BaseException:
         upload.discard()
         raise
-    dispatch.try_deliver(
-        celery, session, dispatch.Send("dataset", dataset.id, queue.IMPORT_DATASET, None)
-    )
-    session.commit()
-    log.info("dataset=%s queued name=%r method=%s", dataset.id, dataset.name, source["method"])
-    return service.to_read(dataset)
+    log.info("dataset=%s queued name=%r method=%s", dataset.id, dataset.name, source.method)
+    return read
 
 
 def _collect_sources(
-    upload: _Upload,
-    settings: Settings,
-    opts: DatasetOptions,
-    archive: UploadFile | None,
-    val_archive: UploadFile | None,
-    test_archive: UploadFile | None,
-    train_list: UploadFile | None,
-    val_list: UploadFile | None,
-    test_list: UploadFile | None,
-    labels: UploadFile | None,
-) -> dict[str, Any]:
+    upload: _Upload, settings: Settings, opts: DatasetOptions, form: DatasetCreateForm
+) -> FolderSource | TextfileSource:
     """Validate which sources were given, save uploads, and describe them for the worker."""
-    method = "textfile" if train_list is not None else "folder"
-    source: dict[str, Any] = {"method": method}
-    splits = {
-        "train": (archive, opts.train_path),
-        "val": (val_archive, opts.val_path),
-        "test": (test_archive, opts.test_path),
-    }
-    if method == "folder":
-        if labels is not None or val_list is not None or test_list is not None:
-            raise InvalidInput(
-                "labels, val_list and test_list belong to the textfile method: send train_list too",
-                code="invalid_source",
-            )
-        if opts.image_root:
-            raise InvalidInput("image_root is only used with train_list", code="invalid_source")
-        for split, (file, path) in splits.items():
-            if file is not None and path:
-                raise InvalidInput(
-                    f"{split}: give an archive or a server path, not both", code="invalid_source"
-                )
-            if file is not None:
-                source[split] = _save_archive(upload, settings, file, split)
-            elif path:
-                folder = _server_folder(settings, path, f"{split}_path")
-                source[split] = {"kind": "path", "path": str(folder)}
-        if "train" not in source:
-            raise InvalidInput(
-                "no images: upload an `archive`, give `train_path`, or send `train_list` "
-                "with `labels`",
-                code="missing_source",
-            )
-        return source
+    if form.train_list is None:
+        return _folder_source(upload, settings, opts, form)
+    return _textfile_source(upload, settings, opts, form)
 
-    # textfile: list files name the images; they live in the archive or under image_root
-    if labels is None:
+
+def _folder_source(
+    upload: _Upload, settings: Settings, opts: DatasetOptions, form: DatasetCreateForm
+) -> FolderSource:
+    if form.labels is not None or form.val_list is not None or form.test_list is not None:
+        raise InvalidInput(
+            "labels, val_list and test_list belong to the textfile method: send train_list too",
+            code="invalid_source",
+        )
+    if opts.image_root:
+        raise InvalidInput("image_root is only used with train_list", code="invalid_source")
+    found: dict[str, ImageInput] = {}
+    for split, file, path in (
+        ("train", form.archive, opts.train_path),
+        ("val", form.val_archive, opts.val_path),
+        ("test", form.test_archive, opts.test_path),
+    ):
+        if file is not None and path:
+            raise InvalidInput(
+                f"{split}: give an archive or a server path, not both", code="invalid_source"
+            )
+        if file is not None:
+            found[split] = _save_archive(upload, settings, file, split)
+        elif path:
+            found[split] = PathInput(path=str(_server_folder(settings, path, f"{split}_path")))
+    if "train" not in found:
+        raise InvalidInput(
+            "no images: upload an `archive`, give `train_path`, or send `train_list` with `labels`",
+            code="missing_source",
+        )
+    return FolderSource(train=found["train"], val=found.get("val"), test=found.get("test"))
+
+
+def _textfile_source(
+    upload: _Upload, settings: Settings, opts: DatasetOptions, form: DatasetCreateForm
+) -> TextfileSource:
+    """List files name the images; they live in the archive or under image_root."""
+    if form.labels is None:
         raise InvalidInput("the textfile method needs a `labels` file", code="missing_labels")
-    if opts.train_path or opts.val_path or opts.test_path or val_archive or test_archive:
+    if opts.train_path or opts.val_path or opts.test_path or form.val_archive or form.test_archive:
         raise InvalidInput(
             "with train_list, give images as one `archive` or `image_root`, "
             "and val/test as val_list/test_list",
             code="invalid_source",
         )
-    if archive is not None and opts.image_root:
+    if form.archive is not None and opts.image_root:
         raise InvalidInput("give an archive or image_root, not both", code="invalid_source")
-    if archive is not None:
-        images: dict[str, Any] = _save_archive(upload, settings, archive, "images")
+    images: ImageInput
+    if form.archive is not None:
+        images = _save_archive(upload, settings, form.archive, "images")
     elif opts.image_root:
-        images = {
-            "kind": "path",
-            "path": str(_server_folder(settings, opts.image_root, "image_root")),
-        }
+        images = PathInput(path=str(_server_folder(settings, opts.image_root, "image_root")))
     else:
         raise InvalidInput(
             "the textfile method needs the images: an `archive` or `image_root`",
             code="missing_source",
         )
-    source["images"] = images
-    source["labels"] = _save_list(upload, labels, "labels.txt")
-    for split, file in (("train", train_list), ("val", val_list), ("test", test_list)):
+    lists: dict[str, ListInput] = {}
+    for split, file in (
+        ("train", form.train_list),
+        ("val", form.val_list),
+        ("test", form.test_list),
+    ):
         if file is not None:
-            source[split] = {
-                "kind": "list",
-                "file": _save_list(upload, file, f"{split}.txt"),
-                "filename": file.filename,
-            }
-    return source
+            lists[split] = ListInput(
+                file=_save_list(upload, file, f"{split}.txt"), filename=_client_name(file)
+            )
+    return TextfileSource(
+        images=images,
+        labels=_save_list(upload, form.labels, "labels.txt"),
+        train=lists["train"],
+        val=lists.get("val"),
+        test=lists.get("test"),
+    )
 
 
 @router.get(
@@ -285,13 +293,15 @@ def list_datasets(
     session: SessionDep,
     user: CurrentUser,
     status: Annotated[Status | None, Query(description="Only datasets in this state")] = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=200)] = 25,
 ) -> Page[DatasetRead]:
     """A page of datasets, newest first, optionally filtered by status."""
-    items, total = service.list_datasets(session, user, status=status, page=page, per_page=per_page)
+    items, total = datasets_service.list_datasets(
+        session, user, status=status, page=page, per_page=per_page
+    )
     return Page[DatasetRead](
-        items=[service.to_read(d) for d in items], total=total, page=page, per_page=per_page
+        items=datasets_service.read_many(session, items), total=total, page=page, per_page=per_page
     )
 
 
@@ -304,7 +314,7 @@ def list_datasets(
 )
 def get_dataset(dataset_id: uuid.UUID, session: SessionDep, user: CurrentUser) -> DatasetRead:
     """A dataset: classes, counts per split and class, image shape, size, import speed."""
-    return service.to_read(service.get_dataset(session, dataset_id, user))
+    return datasets_service.read(session, datasets_service.get_dataset(session, dataset_id, user))
 
 
 @router.delete(
@@ -317,17 +327,17 @@ def get_dataset(dataset_id: uuid.UUID, session: SessionDep, user: CurrentUser) -
 def delete_dataset(
     dataset_id: uuid.UUID, session: SessionDep, user: CurrentUser, settings: SettingsDep
 ) -> Response:
-    """Delete a dataset and its files; refused while jobs use it."""
-    dataset = service.prepare_delete(session, dataset_id, user)
-    session.delete(dataset)
+    """Delete a dataset and its files; refused while jobs use it. An import stops first."""
+    gone = datasets_service.request_delete(session, dataset_id, user)
     session.commit()
-    storage.remove_tree(storage.dataset_dir(settings, dataset_id))
+    if gone:
+        storage.remove_tree(storage.dataset_dir(settings, dataset_id))
     log.info("dataset=%s deleted", dataset_id)
     return Response(status_code=204)
 
 
 def _done_dir(session: SessionDep, settings: Settings, dataset_id: uuid.UUID, user: User) -> Path:
-    dataset = service.get_ready_dataset(session, dataset_id, user)
+    dataset = datasets_service.get_ready_dataset(session, dataset_id, user)
     return storage.dataset_dir(settings, dataset.id)
 
 
@@ -361,11 +371,11 @@ def list_samples(
     settings: SettingsDep,
     split: Split = "train",
     label: Annotated[int | None, Query(ge=0, description="Only this class index")] = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=200)] = 25,
 ) -> SamplePage:
     """DIGITS's explore view: the samples of a split, optionally of one class, with image URLs."""
-    dataset = service.get_ready_dataset(session, dataset_id, user)
+    dataset = datasets_service.get_ready_dataset(session, dataset_id, user)
     classes = dataset.classes or []
     if label is not None and label >= len(classes):
         raise InvalidInput(

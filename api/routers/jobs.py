@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
-from api.deps import CeleryDep, CurrentUser, SessionDep, SettingsDep, get_current_user
+from api.deps import CurrentUser, SessionDep, SettingsDep, get_current_user
+from api.streams import sse_response
 from shared import storage
-from shared.db import reading
-from shared.errors import Conflict
-from shared.models import Job, Status
+from shared.errors import InvalidInput
+from shared.models import Status
 from shared.schemas.common import PROBLEM_RESPONSES, Page, Problem
 from shared.schemas.jobs import (
     CheckpointRead,
@@ -29,10 +24,12 @@ from shared.schemas.jobs import (
     JobsCreated,
     JobUpdate,
     MetricPoint,
+    MetricSeriesRead,
     MetricsRead,
 )
-from shared.services import dispatch, fleet
-from shared.services import jobs as service
+from shared.services import fleet
+from shared.services import jobs as jobs_service
+from shared.services import metrics as metrics_service
 
 log = logging.getLogger("digits.api.jobs")
 
@@ -41,16 +38,8 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(get_curr
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem}, 422: {"model": Problem}}
 
 
-def _enqueue(celery: CeleryDep, session: SessionDep, jobs: list[Job]) -> None:
-    """Send each committed job to the broker. When the broker is down the job still waits in
-    the database and the reaper sends it once the broker is back; a job asking for a GPU
-    that no worker has waits until that worker registers and adopts it."""
-    workers = fleet.list_workers(session)
-    for job in jobs:
-        item = dispatch.job_send(job, workers)
-        if item is not None:
-            dispatch.try_deliver(celery, session, item)
-    session.commit()
+MAX_INT = 2**63 - 1  # the largest cursor a database integer holds
+LOG_CHUNK = 1024 * 1024
 
 
 @router.post(
@@ -62,14 +51,14 @@ def _enqueue(celery: CeleryDep, session: SessionDep, jobs: list[Job]) -> None:
     responses={**PROBLEM_RESPONSES, 503: {"model": Problem}},
 )
 def create_job(
-    body: JobCreate, session: SessionDep, celery: CeleryDep, user: CurrentUser
+    body: JobCreate, session: SessionDep, settings: SettingsDep, user: CurrentUser
 ) -> JobsCreated:
     """Queue training; lists of learning rates / batch sizes make one job per combination."""
-    jobs = service.create_training_jobs(session, body, user)
-    session.commit()
-    _enqueue(celery, session, jobs)
+    jobs = jobs_service.create_training_jobs(session, body, user, settings)
+    reads = jobs_service.read_many(session, jobs)
+    session.commit()  # the jobs' messages leave now
     log.info("jobs queued: %s", ", ".join(str(j.id) for j in jobs))
-    return JobsCreated(jobs=[service.to_read(j) for j in jobs], group=jobs[0].group_name)
+    return JobsCreated(jobs=reads, group=jobs[0].group_name)
 
 
 @router.get(
@@ -85,11 +74,11 @@ def list_jobs(
     status: Status | None = None,
     group: str | None = None,
     dataset_id: uuid.UUID | None = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=200)] = 25,
 ) -> Page[JobRead]:
     """A page of jobs, newest first, filtered by status, group or dataset."""
-    items, total = service.list_jobs(
+    items, total = jobs_service.list_jobs(
         session,
         user,
         status=status,
@@ -99,7 +88,7 @@ def list_jobs(
         per_page=per_page,
     )
     return Page[JobRead](
-        items=[service.to_read(j) for j in items], total=total, page=page, per_page=per_page
+        items=jobs_service.read_many(session, items), total=total, page=page, per_page=per_page
     )
 
 
@@ -114,9 +103,9 @@ def get_job(
     job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, user: CurrentUser
 ) -> JobRead:
     """A job: its request, status history, progress, ETA, worker, best and last metrics."""
-    job = service.get_job(session, job_id, user)
-    read = service.to_read(job)
-    if job.status == Status.WAITING.value:
+    job = jobs_service.get_job(session, job_id, user)
+    read = jobs_service.read(session, job)
+    if job.status == Status.WAITING:
         entry = fleet.queue_entry(session, job.id, settings.worker_stale_after)
         if entry is not None:
             read.queue_position, read.waiting_reason = entry.position, entry.reason
@@ -134,9 +123,10 @@ def update_job(
     job_id: uuid.UUID, body: JobUpdate, session: SessionDep, user: CurrentUser
 ) -> JobRead:
     """Change name, notes or group (the stored request follows, so clones keep them)."""
-    job = service.update_job(session, job_id, body, user)
+    job = jobs_service.update_job(session, job_id, body, user)
+    read = jobs_service.read(session, job)
     session.commit()
-    return service.to_read(job)
+    return read
 
 
 @router.post(
@@ -148,9 +138,10 @@ def update_job(
 )
 def abort_job(job_id: uuid.UUID, session: SessionDep, user: CurrentUser) -> JobRead:
     """Stop a job at its next step; what it saved is kept and its worker takes the next job."""
-    job = service.request_abort(session, job_id, user)
+    job = jobs_service.request_abort(session, job_id, user)
+    read = jobs_service.read(session, job)
     session.commit()
-    return service.to_read(job)
+    return read
 
 
 @router.post(
@@ -164,15 +155,15 @@ def abort_job(job_id: uuid.UUID, session: SessionDep, user: CurrentUser) -> JobR
 def clone_job(
     job_id: uuid.UUID,
     session: SessionDep,
-    celery: CeleryDep,
+    settings: SettingsDep,
     user: CurrentUser,
     body: JobClone | None = None,
 ) -> JobsCreated:
     """A new job from the stored request; given fields (and hyperparameters) override it."""
-    jobs = service.clone_job(session, job_id, body or JobClone(), user)
+    jobs = jobs_service.clone_job(session, job_id, body or JobClone(), user, settings)
+    reads = jobs_service.read_many(session, jobs)
     session.commit()
-    _enqueue(celery, session, jobs)
-    return JobsCreated(jobs=[service.to_read(j) for j in jobs], group=jobs[0].group_name)
+    return JobsCreated(jobs=reads, group=jobs[0].group_name)
 
 
 @router.delete(
@@ -185,22 +176,15 @@ def clone_job(
 def delete_job(
     job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, user: CurrentUser
 ) -> Response:
-    """Abort the job if it runs, then remove it with its metrics, checkpoints and files."""
-    job = service.get_job(session, job_id, user)
-    if Status(job.status).is_running:
-        service.request_abort(session, job_id, user)
-        session.commit()
-        deadline = time.monotonic() + 15
-        while Status(job.status).is_running and time.monotonic() < deadline:
-            time.sleep(0.2)
-            session.refresh(job)
-        if Status(job.status).is_running:
-            raise Conflict(
-                f"job {job_id} is still stopping; delete it again shortly", code="job_stopping"
-            )
-    session.delete(job)
+    """Delete a job with its metrics, checkpoints and files; a running one stops first.
+
+    A running job disappears at once (404 from then on) and its worker removes it, files
+    included, as soon as it has stopped.
+    """
+    gone = jobs_service.request_delete(session, job_id, user)
     session.commit()
-    storage.remove_tree(storage.job_dir(settings, job_id))
+    if gone:
+        storage.remove_tree(storage.job_dir(settings, job_id))
     return Response(status_code=204)
 
 
@@ -216,13 +200,29 @@ def get_metrics(
     session: SessionDep,
     user: CurrentUser,
     names: Annotated[str | None, Query(description="Comma-separated series names")] = None,
-    since: Annotated[int, Query(ge=0, description="Only points after this cursor")] = 0,
+    since: Annotated[int, Query(ge=0, le=MAX_INT, description="Only points after this cursor")] = 0,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
-) -> MetricsRead:
-    """Named series (train.loss, val.accuracy, ...), oldest first; resume with `since`."""
-    service.get_job(session, job_id, user)
+    format: Annotated[
+        str,
+        Query(pattern="^(rows|columnar)$", description="rows (paged by `since`) or columnar"),
+    ] = "rows",
+    max_points: Annotated[
+        int | None,
+        Query(ge=2, le=100_000, description="columnar: decimate each series to this many"),
+    ] = None,
+) -> MetricsRead | MetricSeriesRead:
+    """Named series (train.loss, val.accuracy, ...), oldest first; resume with `since`.
+
+    `format=columnar` answers each series as columns (step, epoch, value, seconds since the
+    job was created), min-max decimated to `max_points`, for charts.
+    """
+    job = jobs_service.get_job(session, job_id, user)
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
-    points = service.metrics(session, job_id, names=wanted, since=since, limit=limit)
+    if format == "columnar":
+        return MetricSeriesRead.model_validate(
+            metrics_service.columnar(session, job, names=wanted, since=since, max_points=max_points)
+        )
+    points = jobs_service.metrics(session, job_id, names=wanted, since=since, limit=limit)
     return MetricsRead(
         items=[
             MetricPoint(id=p.id, name=p.name, step=p.step, epoch=p.epoch, value=p.value)
@@ -243,7 +243,7 @@ def list_checkpoints(
     job_id: uuid.UUID, session: SessionDep, user: CurrentUser
 ) -> list[CheckpointRead]:
     """Snapshots by epoch, plus `best` and `last`."""
-    service.get_job(session, job_id, user)
+    jobs_service.get_job(session, job_id, user)
     return [
         CheckpointRead(
             name=c.name,
@@ -253,7 +253,7 @@ def list_checkpoints(
             metrics=c.metrics or {},
             created_at=c.created_at,
         )
-        for c in service.checkpoints(session, job_id)
+        for c in jobs_service.checkpoints(session, job_id)
     ]
 
 
@@ -270,14 +270,33 @@ def get_logs(
     user: CurrentUser,
     settings: SettingsDep,
     tail: Annotated[int | None, Query(ge=1, le=100_000, description="Last N lines")] = None,
+    offset: Annotated[
+        int | None, Query(ge=0, le=MAX_INT, description="Bytes from this offset (follow)")
+    ] = None,
 ) -> PlainTextResponse:
-    """The training log as text."""
-    service.get_job(session, job_id, user)
+    """The training log as text; `offset` follows it (the next offset is in `X-Log-Offset`)."""
+    jobs_service.get_job(session, job_id, user)
     path: Path = storage.job_dir(settings, job_id) / "job.log"
+    if offset is not None and tail is not None:
+        raise InvalidInput("give tail or offset, not both", code="invalid_log_range")
+    size = path.stat().st_size if path.exists() else 0
+    if offset is not None:
+        start = min(offset, size)
+        data = b""
+        if path.exists():
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                data = fh.read(LOG_CHUNK)
+        # whole lines only, so a follower never sees half of one (unless one line fills a chunk)
+        cut = data.rfind(b"\n") + 1
+        data = data if cut == 0 and len(data) == LOG_CHUNK else data[:cut]
+        return PlainTextResponse(
+            data.decode(errors="replace"), headers={"X-Log-Offset": str(start + len(data))}
+        )
     text = path.read_text(errors="replace") if path.exists() else ""
     if tail is not None:
         text = "\n".join(text.splitlines()[-tail:]) + ("\n" if text else "")
-    return PlainTextResponse(text)
+    return PlainTextResponse(text, headers={"X-Log-Offset": str(size)})
 
 
 @router.get(
@@ -291,48 +310,15 @@ async def stream_events(
     job_id: uuid.UUID,
     request: Request,
     user: CurrentUser,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    since: Annotated[int | None, Query(ge=0, description="Same as Last-Event-ID")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
+    since: Annotated[
+        str | None, Query(max_length=64, description="Same as Last-Event-ID (an opaque cursor)")
+    ] = None,
 ) -> StreamingResponse:
-    """An SSE stream of the job's events; reconnect with Last-Event-ID to miss nothing."""
-    factory = request.app.state.session_factory
+    """An SSE stream of the job's events; reconnect with Last-Event-ID to miss nothing.
 
-    def _load(after: int) -> tuple[list[tuple[int, str, str]], bool]:
-        with reading(factory) as session:
-            job = service.get_job(session, job_id, user)
-            events = service.latest_events(session, job_id, after)
-            final = Status(job.status).is_final
-            return [(e.id, e.kind, json.dumps(e.data)) for e in events], final
-
-    try:
-        start = int(last_event_id) if last_event_id else (since or 0)
-    except ValueError:
-        start = since or 0
-    first, _ = await run_in_threadpool(_load, start)  # 404 before the stream starts
-
-    async def body() -> AsyncIterator[bytes]:
-        after = start
-        batch, final = first, False
-        idle = 0.0
-        while True:
-            for event_id, kind, data in batch:
-                after = event_id
-                yield f"id: {event_id}\nevent: {kind}\ndata: {data}\n\n".encode()
-            if batch:
-                idle = 0.0
-            if final and not batch:
-                return
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(0.25)
-            idle += 0.25
-            if idle >= 15:
-                idle = 0.0
-                yield b": keep-alive\n\n"
-            batch, final = await run_in_threadpool(_load, after)
-
-    return StreamingResponse(
-        body(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    It ends after the job's final status. Ids are opaque cursors.
+    """
+    return await sse_response(
+        request, user, jobs=[job_id], running=False, cursor=last_event_id or since, single=True
     )

@@ -16,53 +16,59 @@ from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CeleryDep, CurrentUser, SessionDep, SettingsDep, get_current_user
-from shared import archives, queue, storage
-from shared.errors import DomainError, InvalidInput, NotFound, ServiceUnavailable
+from api.deps import CurrentUser, SessionDep, SettingsDep, get_current_user
+from shared import archives, storage
+from shared.errors import Conflict, DomainError, InvalidInput, NotFound, ServiceUnavailable
 from shared.models import JobKind, Status
 from shared.schemas.common import PROBLEM_RESPONSES, Problem
 from shared.schemas.jobs import JobRead
 from shared.schemas.models import (
     ArchiveFormat,
+    CellImage,
+    CellImages,
     ClassifyResult,
     EvaluationResults,
     InferenceResults,
     PretrainedModelRead,
     ToPretrained,
 )
-from shared.services import datasets as dataset_service
-from shared.services import dispatch
-from shared.services import jobs as job_service
-from shared.services import models as service
+from shared.services import jobs as jobs_service
+from shared.services import models as models_service
 from shared.settings import Settings
 
 log = logging.getLogger("digits.api.models")
 
 router = APIRouter(tags=["models"], dependencies=[Depends(get_current_user)])
 
-PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib", ".npz")
 
-
-async def _model_server(request: Request, method: str, path: str, **kwargs: Any) -> Any:
-    """Call the model service; its failures become problems a client understands."""
-    client: httpx.AsyncClient = request.app.state.model_client
+def _model_server(request: Request, method: str, path: str, **kwargs: Any) -> Any:
+    """Call the model service (from the thread pool); its answers become problems a client
+    understands. Its 4xx pass through with their code; a 5xx is the service's own failure."""
+    client: httpx.Client = request.app.state.model_http
     try:
-        resp = await client.request(method, path, **kwargs)
+        resp = client.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
         log.error("model service unreachable: %s", exc)
         raise ServiceUnavailable(
             "the model service is not answering; retry shortly", code="model_service_unavailable"
         ) from exc
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
     if resp.status_code >= 500:
-        raise ServiceUnavailable(
-            "the model service failed; retry shortly", code="model_service_error"
+        log.error("model service failed on %s: %s", path, body.get("detail", resp.status_code))
+        raise DomainError(
+            "the model service could not handle this request",
+            status=502,
+            code=body.get("code") or "model_service_error",
+            title="Model service error",
         )
-    body = resp.json()
     if resp.status_code >= 400:
         raise DomainError(
-            body.get("detail", "model service refused the request"),
-            status=resp.status_code,
-            code=body.get("code", "model_error"),
+            str(body.get("detail") or "the model service refused the request")[:2000],
+            status=400 if resp.status_code not in (404, 409, 413, 422) else resp.status_code,
+            code=str(body.get("code") or "model_error"),
             title="Model error",
         )
     return body
@@ -89,6 +95,16 @@ def _save(upload: UploadFile, target: Path) -> Path:
     return target
 
 
+def _safe_name(raw: str | None, fallback: str) -> str:
+    """A client's file name, reduced to something every filesystem stores (<= 100 bytes)."""
+    name = Path((raw or "").replace("\\", "/")).name.replace("\x00", "")
+    name = "".join(c for c in name if c.isprintable()) or fallback
+    while len(name.encode()) > 100:
+        stem, dot, suffix = name.rpartition(".")
+        name = (stem[:-1] + dot + suffix) if dot and len(suffix) < 10 and stem else name[:-1]
+    return name
+
+
 def _multipart(schema: str) -> dict[str, Any]:
     return {
         "requestBody": {
@@ -112,34 +128,28 @@ def _multipart(schema: str) -> dict[str, Any]:
     },
     openapi_extra=_multipart("ClassifyForm"),
 )
-async def classify(
+def classify(
     job_id: uuid.UUID,
     form: Annotated[ClassifyForm, Form(media_type="multipart/form-data")],
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    celery: CeleryDep,
     user: CurrentUser,
 ) -> Any:
     """A few images are answered directly; many images or an archive make an inference job."""
-    job = job_service.get_job(session, job_id, user)
-    ckpt = service.resolve_checkpoint(session, job, form.checkpoint)
-    resize_mode = service.resize_mode_of(session, job)
+    job = jobs_service.get_job(session, job_id, user)
+    ckpt = models_service.resolve_checkpoint(session, job, form.checkpoint)
+    resize_mode = models_service.resize_mode_of(session, job)
     images = [f for f in form.images if f.filename or f.size]
     if not images and form.archive is None:
         raise InvalidInput("send one or more `images`, or an `archive`", code="no_images")
     if form.archive is not None or len(images) > settings.classify_max_images:
-        infer = service.create_model_job(
+        infer = models_service.create_model_job(
             session,
             JobKind.INFERENCE,
             job,
             user,
-            {
-                "checkpoint": ckpt.name,
-                "checkpoint_path": ckpt.path,
-                "top_k": form.top_k,
-                "resize_mode": resize_mode,
-            },
+            {"checkpoint": ckpt.name, "top_k": form.top_k, "resize_mode": resize_mode},
             name=f"classify with {job.name}",
         )
         folder = storage.job_dir(settings, infer.id) / "inputs"
@@ -147,31 +157,32 @@ async def classify(
             if form.archive is not None:
                 path = _save(form.archive, folder.parent / "input.archive")
                 try:
-                    archives.inspect_archive(path)
+                    archives.inspect_archive(path, archives.ArchiveLimits.from_settings(settings))
                 except archives.UnsafeArchive as exc:
                     raise InvalidInput(f"archive: {exc}", code=exc.code) from exc
             for i, image in enumerate(images):
-                _save(image, folder / f"{i:07d}-{Path(image.filename or 'image').name}")
+                _save(image, folder / f"{i:07d}-{_safe_name(image.filename, 'image')}")
+            read = jobs_service.read(session, infer)
+            session.commit()  # the job's message leaves now, after its inputs are on disk
         except BaseException:
             session.rollback()
             storage.remove_tree(folder.parent)
             raise
-        session.commit()
-        dispatch.try_deliver(celery, session, dispatch.Send("job", infer.id, queue.INFER, None))
-        session.commit()
-        return JSONResponse(job_service.to_read(infer).model_dump(mode="json"), status_code=202)
-    files = [
-        (
-            "images",
+        return JSONResponse(read.model_dump(mode="json"), status_code=202)
+    files = []
+    for i, f in enumerate(images):
+        f.file.seek(0)
+        files.append(
             (
-                f.filename or f"image-{i}",
-                await f.read(),
-                f.content_type or "application/octet-stream",
-            ),
+                "images",
+                (
+                    _safe_name(f.filename, f"image-{i}"),
+                    f.file.read(),
+                    "application/octet-stream",
+                ),
+            )
         )
-        for i, f in enumerate(images)
-    ]
-    body = await _model_server(
+    body = _model_server(
         request,
         "POST",
         "/classify",
@@ -207,23 +218,21 @@ def get_results(
     session: SessionDep,
     settings: SettingsDep,
     user: CurrentUser,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=1000)] = 100,
     format: Annotated[
         str, Query(pattern="^(json|csv)$", description="inference jobs: json (paged) or csv (all)")
     ] = "json",
 ) -> Any:
     """Inference: paginated predictions (or all as CSV). Evaluation: accuracy and matrices."""
-    job = job_service.get_job(session, job_id, user)
-    if job.kind == JobKind.TRAIN.value:
+    job = jobs_service.get_job(session, job_id, user)
+    if job.kind == JobKind.TRAIN:
         raise NotFound("training jobs have metrics and checkpoints, not results", code="no_results")
-    if job.status != Status.DONE.value:
-        from shared.errors import Conflict
-
+    if job.status != Status.DONE:
         raise Conflict(
             f"job {job_id} is {job.status}; results come when it is done", code="results_not_ready"
         )
-    if job.kind == JobKind.EVALUATE.value:
+    if job.kind == JobKind.EVALUATE:
         data = json.loads(_results_path(settings, job.id, "evaluation.json").read_text())
         return EvaluationResults.model_validate(data)
     rows = [
@@ -253,6 +262,65 @@ def get_results(
     start = (page - 1) * per_page
     return InferenceResults(
         items=rows[start : start + per_page], total=len(rows), page=page, per_page=per_page
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/results/cell",
+    operation_id="get_evaluation_cell",
+    summary="The images of one confusion-matrix cell of an evaluation",
+    response_model=CellImages,
+    responses={404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem}},
+)
+def get_cell(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: CurrentUser,
+    true: Annotated[int, Query(ge=0, le=100_000, description="True class index (row)")],
+    pred: Annotated[int, Query(ge=0, le=100_000, description="Predicted class index (column)")],
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> CellImages:
+    """The images of class `true` predicted as `pred`, most confident first (drill-down)."""
+    job = jobs_service.get_job(session, job_id, user)
+    if job.kind != JobKind.EVALUATE:
+        raise NotFound("only evaluation jobs have a confusion matrix", code="no_results")
+    if job.status != Status.DONE:
+        raise Conflict(
+            f"job {job_id} is {job.status}; results come when it is done", code="results_not_ready"
+        )
+    folder = storage.job_dir(settings, job.id)
+    classes = json.loads((folder / "evaluation.json").read_text())["classes"]
+    if true >= len(classes) or pred >= len(classes):
+        raise InvalidInput(
+            f"class indices go from 0 to {len(classes) - 1}", code="invalid_class_index"
+        )
+    cells = json.loads((folder / "predictions.json").read_text())
+    chosen = [
+        (p, i)
+        for i, (t, q, p) in enumerate(
+            zip(cells["true"], cells["pred"], cells["probability"], strict=True)
+        )
+        if t == true and q == pred
+    ]
+    chosen.sort(key=lambda item: -item[0])
+    start = (page - 1) * per_page
+    base = cells.get("image_base")
+    return CellImages(
+        items=[
+            CellImage(
+                index=i,
+                image_url=f"{base}{i}" if base else None,
+                probability=p,
+                true_label=classes[true],
+                predicted_label=classes[pred],
+            )
+            for p, i in chosen[start : start + per_page]
+        ],
+        total=len(chosen),
+        page=page,
+        per_page=per_page,
     )
 
 
@@ -288,43 +356,38 @@ def evaluate(
     form: Annotated[EvaluateForm, Form(media_type="multipart/form-data")],
     session: SessionDep,
     settings: SettingsDep,
-    celery: CeleryDep,
     user: CurrentUser,
 ) -> JobRead:
     """Top-1/top-5, confusion matrix, per-class precision and recall, top-N images (a job)."""
-    job = job_service.get_job(session, job_id, user)
-    ckpt = service.resolve_checkpoint(session, job, form.checkpoint)
+    job = jobs_service.get_job(session, job_id, user)
+    ckpt = models_service.resolve_checkpoint(session, job, form.checkpoint)
     request: dict[str, Any] = {
         "checkpoint": ckpt.name,
-        "checkpoint_path": ckpt.path,
         "split": form.split,
         "top_n": form.top_n,
-        "resize_mode": service.resize_mode_of(session, job),
+        "resize_mode": models_service.resize_mode_of(session, job),
     }
     if form.archive is None:
-        target = form.dataset_id or job.dataset_id
-        assert target is not None  # training jobs always have a dataset
-        dataset = dataset_service.get_ready_dataset(session, target, user)
-        if form.split not in (dataset.counts or {}) or not sum((dataset.counts or {})[form.split]):
-            raise InvalidInput(
-                f"dataset {dataset.id} has no {form.split} images", code="empty_split"
-            )
+        dataset = models_service.evaluation_dataset(session, job, form.dataset_id, form.split, user)
         request["dataset_id"] = str(dataset.id)
-    evaluation = service.create_model_job(
+    evaluation = models_service.create_model_job(
         session, JobKind.EVALUATE, job, user, request, name=f"evaluate {job.name}"
     )
-    if form.archive is not None:
-        path = _save(form.archive, storage.job_dir(settings, evaluation.id) / "input.archive")
-        try:
-            archives.inspect_archive(path)
-        except archives.UnsafeArchive as exc:
-            session.rollback()
-            storage.remove_tree(path.parent)
-            raise InvalidInput(f"archive: {exc}", code=exc.code) from exc
-    session.commit()
-    dispatch.try_deliver(celery, session, dispatch.Send("job", evaluation.id, queue.EVALUATE, None))
-    session.commit()
-    return job_service.to_read(evaluation)
+    folder = storage.job_dir(settings, evaluation.id)
+    try:
+        if form.archive is not None:
+            path = _save(form.archive, folder / "input.archive")
+            try:
+                archives.inspect_archive(path, archives.ArchiveLimits.from_settings(settings))
+            except archives.UnsafeArchive as exc:
+                raise InvalidInput(f"archive: {exc}", code=exc.code) from exc
+        read = jobs_service.read(session, evaluation)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        storage.remove_tree(folder)
+        raise
+    return read
 
 
 @router.get(
@@ -341,7 +404,7 @@ def evaluate(
         503: {"model": Problem},
     },
 )
-async def download(
+def download(
     job_id: uuid.UUID,
     request: Request,
     session: SessionDep,
@@ -357,19 +420,18 @@ async def download(
     ] = None,
 ) -> FileResponse:
     """info.json, labels.txt, weights.safetensors, mean.npy, and TorchScript / ONNX on request."""
-    job = job_service.get_job(session, job_id, user)
-    ckpt = service.resolve_checkpoint(session, job, checkpoint)
+    job = jobs_service.get_job(session, job_id, user)
+    ckpt = models_service.resolve_checkpoint(session, job, checkpoint)
     exports = sorted({e.strip() for e in (export or "").split(",") if e.strip()})
     unknown = [e for e in exports if e not in ("torchscript", "onnx")]
     if unknown:
         raise InvalidInput(
             f"unknown export {unknown[0]!r}: use torchscript or onnx", code="invalid_export"
         )
-    tag = "-".join([ckpt.name, *exports])
-    out = storage.job_dir(settings, job.id) / "downloads" / f"{tag}.{format}"
-    if not out.exists() or out.stat().st_mtime < Path(ckpt.path).stat().st_mtime:
+    out = models_service.export_file(storage.job_dir(settings, job.id), ckpt, exports, format)
+    if models_service.export_is_stale(out, ckpt):
         out.parent.mkdir(parents=True, exist_ok=True)
-        await _model_server(
+        _model_server(
             request,
             "POST",
             "/export",
@@ -379,7 +441,7 @@ async def download(
                 "format": format,
                 "exports": exports,
                 "name": job.name,
-                "resize_mode": service.resize_mode_of(session, job),
+                "resize_mode": models_service.resize_mode_of(session, job),
                 "checkpoint": {
                     "name": ckpt.name,
                     "epoch": ckpt.epoch,
@@ -402,7 +464,7 @@ async def download(
     response_model=PretrainedModelRead,
     responses={**PROBLEM_RESPONSES, 503: {"model": Problem}},
 )
-async def job_to_pretrained(
+def job_to_pretrained(
     job_id: uuid.UUID,
     request: Request,
     session: SessionDep,
@@ -412,13 +474,13 @@ async def job_to_pretrained(
 ) -> PretrainedModelRead:
     """One call from a trained job to a model new jobs can fine-tune from."""
     body = body or ToPretrained()
-    job = job_service.get_job(session, job_id, user)
-    ckpt = service.resolve_checkpoint(session, job, body.checkpoint)
+    job = jobs_service.get_job(session, job_id, user)
+    ckpt = models_service.resolve_checkpoint(session, job, body.checkpoint)
     model_id = uuid.uuid4()
     folder = storage.pretrained_dir(settings, model_id)
     name = body.name or f"{job.name} ({ckpt.name})"
     try:
-        info = await _model_server(
+        info = _model_server(
             request,
             "POST",
             "/pretrained",
@@ -426,12 +488,12 @@ async def job_to_pretrained(
                 "source": ckpt.path,
                 "out_dir": str(folder),
                 "name": name,
-                "resize_mode": service.resize_mode_of(session, job),
+                "resize_mode": models_service.resize_mode_of(session, job),
                 "checkpoint": {"name": ckpt.name, "epoch": ckpt.epoch, "job_id": str(job.id)},
             },
             timeout=300,
         )
-        row = service.add_pretrained(session, model_id, user, name, info, job.id)
+        row = models_service.add_pretrained(session, model_id, user, name, info, job.id)
         session.commit()
     except BaseException:
         storage.remove_tree(folder)
@@ -454,27 +516,6 @@ class PretrainedUpload(BaseModel):
     mean: UploadFile | None = Field(default=None, description="mean.npy (optional)")
 
 
-def _refuse_pickles(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
-            raise InvalidInput(
-                f"{path.name}: pickle-based files are refused (they can run code); "
-                "send weights as safetensors",
-                code="pickle_refused",
-            )
-
-
-def _check_safetensors(path: Path) -> None:
-    head = path.read_bytes()[:16] if path.exists() else b""
-    if len(head) < 9 or head[8:9] != b"{":
-        if head[:2] == b"PK" or head[:1] == b"\x80":
-            raise InvalidInput(
-                f"{path.name}: this is a pickle/torch file, refused; send safetensors",
-                code="pickle_refused",
-            )
-        raise InvalidInput(f"{path.name}: not a safetensors file", code="invalid_weights")
-
-
 @router.post(
     "/pretrained-models",
     status_code=201,
@@ -484,7 +525,7 @@ def _check_safetensors(path: Path) -> None:
     responses={**PROBLEM_RESPONSES, 413: {"model": Problem}, 503: {"model": Problem}},
     openapi_extra=_multipart("PretrainedUpload"),
 )
-async def upload_pretrained(
+def upload_pretrained(
     form: Annotated[PretrainedUpload, Form(media_type="multipart/form-data")],
     request: Request,
     session: SessionDep,
@@ -505,7 +546,9 @@ async def upload_pretrained(
                 )
             path = _save(form.archive, staging / "upload.archive")
             try:
-                archives.extract_archive(path, unpacked)
+                archives.extract_archive(
+                    path, unpacked, archives.ArchiveLimits.from_settings(settings)
+                )
             except archives.UnsafeArchive as exc:
                 raise InvalidInput(f"archive: {exc}", code=exc.code) from exc
             entries = list(unpacked.iterdir())
@@ -523,16 +566,8 @@ async def upload_pretrained(
                 "send an `archive`, or `weights` (safetensors) with `info` (info.json)",
                 code="missing_source",
             )
-        _refuse_pickles(unpacked)
-        try:
-            info_doc = json.loads((unpacked / "info.json").read_text())
-            weights_name = Path(
-                (info_doc.get("files") or {}).get("weights") or "weights.safetensors"
-            ).name
-        except (OSError, ValueError, AttributeError):
-            weights_name = "weights.safetensors"
-        _check_safetensors(unpacked / weights_name)
-        info = await _model_server(
+        models_service.check_upload_folder(unpacked)
+        info = _model_server(
             request,
             "POST",
             "/pretrained",
@@ -543,7 +578,7 @@ async def upload_pretrained(
             },
             timeout=300,
         )
-        row = service.add_pretrained(
+        row = models_service.add_pretrained(
             session, model_id, user, form.name or info.get("name") or "uploaded model", info, None
         )
         session.commit()
@@ -563,7 +598,9 @@ async def upload_pretrained(
 )
 def list_pretrained(session: SessionDep, user: CurrentUser) -> list[PretrainedModelRead]:
     """Your pretrained models (all for admins), newest first."""
-    return [PretrainedModelRead.model_validate(r) for r in service.list_pretrained(session, user)]
+    return [
+        PretrainedModelRead.model_validate(r) for r in models_service.list_pretrained(session, user)
+    ]
 
 
 @router.get(
@@ -577,7 +614,9 @@ def get_pretrained(
     model_id: uuid.UUID, session: SessionDep, user: CurrentUser
 ) -> PretrainedModelRead:
     """A pretrained model: network, classes, input size."""
-    return PretrainedModelRead.model_validate(service.get_pretrained(session, model_id, user))
+    return PretrainedModelRead.model_validate(
+        models_service.get_pretrained(session, model_id, user)
+    )
 
 
 @router.delete(
@@ -591,7 +630,7 @@ def delete_pretrained(
     model_id: uuid.UUID, session: SessionDep, settings: SettingsDep, user: CurrentUser
 ) -> Response:
     """Delete it and its files; refused while waiting jobs will start from it."""
-    row = service.prepare_delete_pretrained(session, model_id, user)
+    row = models_service.prepare_delete_pretrained(session, model_id, user)
     session.delete(row)
     session.commit()
     storage.remove_tree(storage.pretrained_dir(settings, model_id))

@@ -3,6 +3,7 @@
 from shared.models.dataset import Dataset
 from shared.models.enums import JobKind, ResizeMode, Status
 from shared.models.job import Job
+from shared.models.lifecycle import StatusChange
 from shared.models.metrics import Checkpoint, JobEvent, MetricPoint
 from shared.models.pretrained import PretrainedModel
 from shared.models.user import ApiToken, User
@@ -19,6 +20,7 @@ __all__ = [
     "PretrainedModel",
     "ResizeMode",
     "Status",
+    "StatusChange",
     "User",
     "Worker",
 ]

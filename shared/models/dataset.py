@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.db import Base, utcnow
-from shared.models.enums import Status
+from shared.db import Base
+from shared.models.lifecycle import QueuedWork
 
 
-class Dataset(Base):
+class Dataset(QueuedWork, Base):
     """An image classification dataset; its import runs as queued work with DIGITS's states."""
 
     __tablename__ = "dataset"
@@ -24,9 +23,6 @@ class Dataset(Base):
     owner_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("user_account.id", ondelete="RESTRICT"), default=None, index=True
     )
-    status: Mapped[str] = mapped_column(String(16), default=Status.INITIALIZED, index=True)
-    status_history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
-    error: Mapped[str | None] = mapped_column(Text, default=None)
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     source: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     classes: Mapped[list[str] | None] = mapped_column(JSON, default=None)
@@ -42,14 +38,3 @@ class Dataset(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     import_seconds: Mapped[float | None] = mapped_column(Float, default=None)
     images_per_second: Mapped[float | None] = mapped_column(Float, default=None)
-    progress: Mapped[float] = mapped_column(Float, default=0.0)
-    worker: Mapped[str | None] = mapped_column(String(200), default=None)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-    # when the task last reached the broker; None: never (the reaper sends it)
-    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

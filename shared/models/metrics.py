@@ -19,10 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.db import Base, utcnow
-
-# SQLite only auto-increments an INTEGER PRIMARY KEY
-BigId = BigInteger().with_variant(Integer(), "sqlite")
+from shared.db import Base, BigId, utcnow
 
 
 class MetricPoint(Base):

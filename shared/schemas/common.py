@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 T = TypeVar("T")
 
@@ -23,14 +23,14 @@ class Problem(BaseModel):
     )
 
 
-class StatusChange(BaseModel):
-    """One entry of a status history."""
-
-    model_config = ConfigDict(extra="allow")
+class StatusEntry(BaseModel):
+    """One entry of a status history: a move of the job or import, when, why, by whom."""
 
     status: str
     at: datetime
     reason: str | None = None
+    worker: str | None = Field(default=None, description="The worker that claimed it")
+    attempt: int | None = Field(default=None, description="The attempt a claim started")
 
 
 class Page(BaseModel, Generic[T]):

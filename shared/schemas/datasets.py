@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.models.enums import ResizeMode
-from shared.schemas.common import StatusChange
+from shared.schemas.common import StatusEntry
 
 Split = Literal["train", "val", "test"]
 
@@ -87,9 +87,10 @@ class DatasetRead(BaseModel):
     name: str
     group: str | None
     status: str = Field(examples=["done"])
-    status_history: list[StatusChange]
+    status_history: list[StatusEntry]
     error: str | None = Field(description="Why the import failed, for a person")
     progress: float = Field(ge=0, le=1)
+    attempts: int = Field(default=0, description="Import attempts (a lost worker's is retried)")
     options: dict[str, object]
     source: dict[str, object]
     method: Literal["folder", "textfile"]

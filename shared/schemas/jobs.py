@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from shared.lr_policy import POLICIES
 from shared.networks import Layer, NetworkName
-from shared.schemas.common import StatusChange
+from shared.schemas.common import StatusEntry
 
 Solver = Literal["sgd", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "adamw"]
 LRPolicy = Literal["fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid", "cosine"]
@@ -248,7 +248,7 @@ class JobRead(BaseModel):
     group: str | None
     notes: str | None
     status: str
-    status_history: list[StatusChange]
+    status_history: list[StatusEntry]
     error: str | None
     dataset_id: uuid.UUID | None
     request: dict[str, Any] = Field(description="The validated request (what clone copies)")
@@ -295,6 +295,29 @@ class MetricsRead(BaseModel):
 
     items: list[MetricPoint]
     next_since: int
+
+
+class SeriesColumns(BaseModel):
+    """One series as columns, for charts."""
+
+    step: list[int]
+    epoch: list[float]
+    value: list[float]
+    time: list[float] = Field(description="Seconds since the job was created")
+
+
+class MetricSeriesRead(BaseModel):
+    """A job's series as columns (`format=columnar`), decimated to `max_points` if asked."""
+
+    series: dict[str, SeriesColumns]
+    next_since: int = Field(description="Cursor: pass as `since` for newer points only")
+    decimated: bool = Field(description="Whether some series were thinned to max_points")
+
+
+class MetricsBatchRead(BaseModel):
+    """The columnar series of many jobs, by job id."""
+
+    jobs: dict[str, MetricSeriesRead]
 
 
 class CheckpointRead(BaseModel):

@@ -330,6 +330,25 @@ def parse_model_info(data: bytes, *, max_bytes: int = INFO_MAX_BYTES) -> ModelIn
         raise InvalidModelInfo(validation_message(exc, "info.json ")) from None
 
 
+class CellImage(BaseModel):
+    """One image of a confusion-matrix cell."""
+
+    index: int = Field(description="Its index in the evaluated split")
+    image_url: str | None = Field(description="The stored image; none for uploaded archives")
+    probability: float = Field(description="The model's probability for the predicted class")
+    true_label: str
+    predicted_label: str
+
+
+class CellImages(BaseModel):
+    """A page of the images whose true class is `true` and predicted class is `pred`."""
+
+    items: list[CellImage]
+    total: int
+    page: int
+    per_page: int
+
+
 # -- what the API sends the model service ------------------------------------------------
 #
 # Paths are inside the data directory, chosen by the API after its ownership checks; the

@@ -5,14 +5,15 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from shared.db import utcnow
-from shared.errors import Conflict, NotFound
-from shared.models import Dataset, Job, Status, User
+from shared.errors import Conflict, LimitExceeded, NotFound
+from shared.models import Dataset, Job, Status, StatusChange, User
+from shared.schemas.common import StatusEntry
 from shared.schemas.datasets import DatasetOptions, DatasetRead, SplitSummary
-from shared.services.states import transition
+from shared.services import dispatch, lifecycle
+from shared.settings import Settings
 
 
 def create_dataset(
@@ -22,25 +23,50 @@ def create_dataset(
     source: dict[str, Any],
     owner: User,
 ) -> Dataset:
-    """Insert a dataset in `waiting`; the caller commits, then enqueues its import."""
+    """Queue the import of a new dataset (its message leaves after the commit)."""
     dataset = Dataset(
         id=dataset_id,
         owner_id=owner.id,
         name=options.name,
         group_name=options.group,
-        status=Status.INITIALIZED.value,
-        status_history=[],
         options=options.model_dump(mode="json"),
         source=source,
         image_width=options.image_width,
         image_height=options.image_height,
         image_channels=options.channels,
     )
-    dataset.status_history = [{"status": Status.INITIALIZED.value, "at": utcnow().isoformat()}]
-    transition(dataset, Status.WAITING)
-    session.add(dataset)
-    session.flush()
+    lifecycle.create(session, [dataset])
+    dispatch.enqueue(session, [dataset])
     return dataset
+
+
+def disk_usage(session: Session, user: User) -> int:
+    """Bytes the user's datasets use (jobs' checkpoints are counted by their worker)."""
+    from shared.models import Checkpoint
+
+    datasets = session.scalar(
+        select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(Dataset.owner_id == user.id)
+    )
+    checkpoints = session.scalar(
+        select(func.coalesce(func.sum(Checkpoint.size_bytes), 0))
+        .join(Job, Job.id == Checkpoint.job_id)
+        .where(Job.owner_id == user.id)
+    )
+    return int(datasets or 0) + int(checkpoints or 0)
+
+
+def check_quota(session: Session, user: User, settings: Settings) -> None:
+    """Refuse new work when the user's datasets and checkpoints use their quota (422)."""
+    if not settings.user_quota_bytes:
+        return
+    used = disk_usage(session, user)
+    if used >= settings.user_quota_bytes:
+        raise LimitExceeded(
+            f"your datasets and checkpoints use {used:,} bytes of your quota of "
+            f"{settings.user_quota_bytes:,} (DIGITS_USER_QUOTA_BYTES); delete some first",
+            code="disk_quota_exceeded",
+            extra={"limit": settings.user_quota_bytes, "used": used},
+        )
 
 
 def visible(user: User, owner_id: uuid.UUID | None) -> bool:
@@ -51,7 +77,7 @@ def visible(user: User, owner_id: uuid.UUID | None) -> bool:
 def get_dataset(session: Session, dataset_id: uuid.UUID, user: User) -> Dataset:
     """The dataset, or NotFound (also for another user's dataset)."""
     dataset = session.get(Dataset, dataset_id)
-    if dataset is None or not visible(user, dataset.owner_id):
+    if dataset is None or dataset.delete_requested or not visible(user, dataset.owner_id):
         raise NotFound(f"dataset {dataset_id} does not exist", code="dataset_not_found")
     return dataset
 
@@ -59,7 +85,7 @@ def get_dataset(session: Session, dataset_id: uuid.UUID, user: User) -> Dataset:
 def get_ready_dataset(session: Session, dataset_id: uuid.UUID, user: User) -> Dataset:
     """The dataset if its import is done, else a 409 that says where it stands."""
     dataset = get_dataset(session, dataset_id, user)
-    if dataset.status != Status.DONE.value:
+    if dataset.status != Status.DONE:
         raise Conflict(
             f"dataset {dataset_id} is {dataset.status}, not done", code="dataset_not_ready"
         )
@@ -70,21 +96,25 @@ def list_datasets(
     session: Session, user: User, *, status: Status | None, page: int, per_page: int
 ) -> tuple[list[Dataset], int]:
     """A page of the user's datasets (all for admins), newest first, and the total count."""
-    query = select(Dataset)
-    count = select(func.count()).select_from(Dataset)
+    query = select(Dataset).where(Dataset.delete_requested.is_(False))
+    count = select(func.count()).select_from(Dataset).where(Dataset.delete_requested.is_(False))
     if not user.is_admin:
         query = query.where(Dataset.owner_id == user.id)
         count = count.where(Dataset.owner_id == user.id)
     if status is not None:
-        query = query.where(Dataset.status == status.value)
-        count = count.where(Dataset.status == status.value)
+        query = query.where(Dataset.status == status)
+        count = count.where(Dataset.status == status)
     query = query.order_by(Dataset.created_at.desc(), Dataset.id).offset((page - 1) * per_page)
     items = list(session.scalars(query.limit(per_page)))
     return items, int(session.scalar(count) or 0)
 
 
-def prepare_delete(session: Session, dataset_id: uuid.UUID, user: User) -> Dataset:
-    """Refuse while jobs use the dataset (as DIGITS did); abort an import in flight."""
+def request_delete(session: Session, dataset_id: uuid.UUID, user: User) -> bool:
+    """Delete a dataset; True when gone now, False when its import stops and removes it.
+
+    Refused while jobs use it (as DIGITS did). An import in flight is hidden at once and asked
+    to stop; its worker deletes the row and the files when it has stopped.
+    """
     dataset = get_dataset(session, dataset_id, user)
     users = session.scalar(
         select(func.count()).select_from(Job).where(Job.dataset_id == dataset_id)
@@ -94,14 +124,37 @@ def prepare_delete(session: Session, dataset_id: uuid.UUID, user: User) -> Datas
             f"cannot delete dataset {dataset_id}: {users} job(s) use it; delete them first",
             code="dataset_in_use",
         )
-    if Status(dataset.status).is_running:
-        transition(dataset, Status.ABORTED, reason="deleted")
-    session.flush()
-    return dataset
+    outcome = lifecycle.request_abort(session, Dataset, dataset.id)
+    if outcome.status == Status.RUNNING:
+        session.execute(
+            update(Dataset)
+            .where(Dataset.id == dataset.id, Dataset.status == Status.RUNNING)
+            .values(delete_requested=True)
+            .execution_options(synchronize_session=False)
+        )
+        session.refresh(dataset)
+        if dataset.status == Status.RUNNING:
+            return False
+    if outcome.stopped_now:
+        dispatch.retract(session, [dataset])
+    session.expunge(dataset)
+    dispatch.purge(session, Dataset, dataset_id)
+    return True
 
 
-def to_read(dataset: Dataset) -> DatasetRead:
-    """The API view of a dataset row."""
+def read(session: Session, dataset: Dataset) -> DatasetRead:
+    """The API view of one dataset."""
+    return to_read(dataset, lifecycle.history(session, dataset.id))
+
+
+def read_many(session: Session, datasets: list[Dataset]) -> list[DatasetRead]:
+    """The API view of many datasets, their histories in one query."""
+    found = lifecycle.histories(session, [d.id for d in datasets])
+    return [to_read(d, found[d.id]) for d in datasets]
+
+
+def to_read(dataset: Dataset, history: list[StatusChange]) -> DatasetRead:
+    """The API view of a dataset row and its status history."""
     splits: dict[str, SplitSummary] | None = None
     if dataset.counts and dataset.classes:
         splits = {
@@ -116,7 +169,8 @@ def to_read(dataset: Dataset) -> DatasetRead:
         name=dataset.name,
         group=dataset.group_name,
         status=dataset.status,
-        status_history=dataset.status_history or [],  # type: ignore[arg-type]
+        status_history=[StatusEntry(**lifecycle.as_entry(c)) for c in history],
+        attempts=dataset.attempts,
         error=dataset.error,
         progress=dataset.progress,
         options=dataset.options,

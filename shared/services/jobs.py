@@ -1,7 +1,7 @@
 """Training job rules: submission (with sweeps), reading, editing, abort, clone, delete.
 
-Every status change of a job goes through `set_status`, `claim_job` or `finish_job`, which
-also record the event that the SSE stream replays.
+Status changes go through `shared.services.lifecycle`; what to send to the broker is recorded
+with `dispatch.enqueue` and leaves after the commit.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from shared import networks
 from shared.db import utcnow
-from shared.errors import Conflict, InvalidInput, NotFound
+from shared.errors import Conflict, InvalidInput, LimitExceeded, NotFound
 from shared.models import (
     Checkpoint,
     Dataset,
@@ -28,8 +28,10 @@ from shared.models import (
     JobKind,
     MetricPoint,
     Status,
+    StatusChange,
     User,
 )
+from shared.schemas.common import StatusEntry
 from shared.schemas.jobs import (
     CustomNetwork,
     Hyperparameters,
@@ -41,58 +43,16 @@ from shared.schemas.jobs import (
     PretrainedNetwork,
     PreviousNetwork,
     StandardNetwork,
+    SweepHyperparameters,
 )
-from shared.services import datasets as dataset_service
-from shared.services.states import claim, finish, transition
+from shared.services import datasets as datasets_service
+from shared.services import dispatch, lifecycle
+from shared.settings import Settings
 
 
 def record_event(session: Session, job_id: uuid.UUID, kind: str, data: dict[str, Any]) -> None:
     """Append an event to the job's ordered stream."""
     session.add(JobEvent(job_id=job_id, kind=kind, data=data))
-
-
-def set_status(session: Session, job: Job, new: Status, *, reason: str | None = None) -> None:
-    """Transition a job (state machine rules) and record the event."""
-    transition(job, new, reason=reason)
-    data: dict[str, Any] = {"status": new.value, "at": utcnow().isoformat()}
-    if reason:
-        data["reason"] = reason
-    record_event(session, job.id, "status", data)
-    session.flush()
-
-
-def claim_job(session: Session, job_id: uuid.UUID, worker: str) -> Job | None:
-    """Compare-and-set waiting -> running; None for a duplicate delivery."""
-    job = claim(session, Job, job_id, worker)
-    if isinstance(job, Job):
-        job.heartbeat_at = utcnow()
-        record_event(
-            session,
-            job.id,
-            "status",
-            {"status": "running", "at": utcnow().isoformat(), "worker": worker},
-        )
-        session.flush()
-    return job  # type: ignore[return-value]
-
-
-def finish_job(
-    session: Session,
-    job_id: uuid.UUID,
-    new: Status,
-    *,
-    reason: str | None = None,
-    values: dict[str, Any] | None = None,
-) -> bool:
-    """Compare-and-set running -> done/error/aborted, recording the event."""
-    if not finish(session, Job, job_id, new, reason=reason, values=values):
-        return False
-    data: dict[str, Any] = {"status": new.value, "at": utcnow().isoformat()}
-    if reason:
-        data["reason"] = reason
-    record_event(session, job_id, "status", data)
-    session.flush()
-    return True
 
 
 def _check_network(
@@ -126,7 +86,7 @@ def _check_network(
         from shared.models import PretrainedModel
 
         model = session.get(PretrainedModel, network.model_id)
-        if model is None or not dataset_service.visible(user, model.owner_id):
+        if model is None or not datasets_service.visible(user, model.owner_id):
             raise NotFound(
                 f"pretrained model {network.model_id} does not exist",
                 code="pretrained_model_not_found",
@@ -148,7 +108,7 @@ def _check_network(
         if (
             source is None
             or source.kind != JobKind.TRAIN.value
-            or not dataset_service.visible(user, source.owner_id)
+            or not datasets_service.visible(user, source.owner_id)
         ):
             raise NotFound(f"previous job {network.job_id} does not exist", code="job_not_found")
         name = (
@@ -177,14 +137,48 @@ def _check_network(
                 raise InvalidInput(f"previous network: {exc}", code="invalid_network") from exc
 
 
-def create_training_jobs(session: Session, data: JobCreate, user: User) -> list[Job]:
-    """Validate a submission and insert one waiting job per sweep combination."""
-    dataset = dataset_service.get_ready_dataset(session, data.dataset_id, user)
+def check_limits(
+    hyper: SweepHyperparameters | Hyperparameters, combos: int, settings: Settings
+) -> None:
+    """Refuse valid requests that would cost more than the service allows (422, limit named)."""
+    if combos > settings.max_sweep_jobs:
+        raise LimitExceeded(
+            f"this sweep makes {combos} jobs; the limit is {settings.max_sweep_jobs} per "
+            "request (DIGITS_MAX_SWEEP_JOBS)",
+            code="sweep_too_large",
+            extra={"limit": settings.max_sweep_jobs, "requested": combos},
+        )
+    if hyper.epochs > settings.max_epochs:
+        raise LimitExceeded(
+            f"epochs {hyper.epochs} is over the limit of {settings.max_epochs} (DIGITS_MAX_EPOCHS)",
+            code="too_many_epochs",
+            extra={"limit": settings.max_epochs, "requested": hyper.epochs},
+        )
+    for field in ("snapshot_interval", "val_interval"):
+        interval = float(getattr(hyper, field))
+        if interval > 0 and hyper.epochs / interval > settings.max_evaluations:
+            count = math.ceil(hyper.epochs / interval)
+            raise LimitExceeded(
+                f"{field} {interval:g} over {hyper.epochs} epochs makes {count} of them; the "
+                f"limit is {settings.max_evaluations} per job (DIGITS_MAX_EVALUATIONS): use an "
+                f"interval of at least {hyper.epochs / settings.max_evaluations:g} epochs",
+                code=f"{field}_too_small",
+                extra={"limit": settings.max_evaluations, "requested": count},
+            )
+
+
+def create_training_jobs(
+    session: Session, data: JobCreate, user: User, settings: Settings
+) -> list[Job]:
+    """Validate a submission and queue one job per sweep combination (sent after the commit)."""
+    dataset = datasets_service.get_ready_dataset(session, data.dataset_id, user)
     raw = data.hyperparameters.model_dump(mode="json")
     lrs = raw["learning_rate"] if isinstance(raw["learning_rate"], list) else [raw["learning_rate"]]
     bss = raw["batch_size"] if isinstance(raw["batch_size"], list) else [raw["batch_size"]]
     seed = raw["seed"] if raw["seed"] is not None else random.randrange(2**31)
     combos = list(itertools.product(lrs, bss))
+    check_limits(data.hyperparameters, len(combos), settings)
+    datasets_service.check_quota(session, user, settings)
     sweep = len(combos) > 1
     group = data.group or (data.name if sweep else None)
     jobs: list[Job] = []
@@ -195,7 +189,8 @@ def create_training_jobs(session: Session, data: JobCreate, user: User) -> list[
             )
         except ValidationError as exc:  # pragma: no cover - the sweep model checked the values
             raise InvalidInput(str(exc), code="invalid_hyperparameters") from exc
-        _check_network(session, data.network, dataset, hyper, user)
+        if not jobs:  # the network check depends on the dataset and the crop, the same for all
+            _check_network(session, data.network, dataset, hyper, user)
         name = data.name
         if sweep:
             name = (
@@ -211,32 +206,27 @@ def create_training_jobs(session: Session, data: JobCreate, user: User) -> list[
             "gpu": data.gpu,
             "gpus": data.gpus,
         }
-        job = Job(
-            kind=JobKind.TRAIN.value,
-            owner_id=user.id,
-            name=name,
-            group_name=group,
-            notes=data.notes,
-            status=Status.INITIALIZED.value,
-            status_history=[{"status": "initialized", "at": utcnow().isoformat()}],
-            dataset_id=dataset.id,
-            request=request,
-            requested_worker=data.gpu,
+        jobs.append(
+            Job(
+                kind=JobKind.TRAIN,
+                owner_id=user.id,
+                name=name,
+                group_name=group,
+                notes=data.notes,
+                dataset_id=dataset.id,
+                request=request,
+                requested_worker=data.gpu,
+            )
         )
-        session.add(job)
-        session.flush()
-        record_event(
-            session, job.id, "status", {"status": "initialized", "at": utcnow().isoformat()}
-        )
-        set_status(session, job, Status.WAITING)
-        jobs.append(job)
+    lifecycle.create(session, jobs)
+    dispatch.enqueue(session, jobs)
     return jobs
 
 
 def get_job(session: Session, job_id: uuid.UUID, user: User) -> Job:
     """The job, or NotFound (also for another user's job)."""
     job = session.get(Job, job_id)
-    if job is None or not dataset_service.visible(user, job.owner_id):
+    if job is None or job.delete_requested or not datasets_service.visible(user, job.owner_id):
         raise NotFound(f"job {job_id} does not exist", code="job_not_found")
     return job
 
@@ -252,9 +242,11 @@ def list_jobs(
     per_page: int = 25,
 ) -> tuple[list[Job], int]:
     """A page of jobs, newest first, with the total count of the filter."""
-    conditions = [] if user.is_admin else [Job.owner_id == user.id]
+    conditions = [Job.delete_requested.is_(False)]
+    if not user.is_admin:
+        conditions.append(Job.owner_id == user.id)
     if status is not None:
-        conditions.append(Job.status == status.value)
+        conditions.append(Job.status == status)
     if group is not None:
         conditions.append(Job.group_name == group)
     if dataset_id is not None:
@@ -284,19 +276,44 @@ def update_job(session: Session, job_id: uuid.UUID, data: JobUpdate, user: User)
 def request_abort(session: Session, job_id: uuid.UUID, user: User) -> Job:
     """Abort: a waiting job ends at once; a running one stops at its next step."""
     job = get_job(session, job_id, user)
-    status = Status(job.status)
-    if status.is_final:
-        raise Conflict(f"job {job_id} is already {status.value}", code="job_finished")
-    if status in (Status.INITIALIZED, Status.WAITING):
-        set_status(session, job, Status.ABORTED, reason="aborted by user")
-    else:
-        session.execute(update(Job).where(Job.id == job_id).values(abort_requested=True))
-        session.refresh(job)
-    session.flush()
+    outcome = lifecycle.request_abort(session, Job, job.id)
+    if outcome.status.is_final and not outcome.stopped_now:
+        raise Conflict(f"job {job_id} is already {outcome.status.value}", code="job_finished")
+    if outcome.stopped_now:
+        dispatch.retract(session, [job])
+    session.refresh(job)
     return job
 
 
-def clone_job(session: Session, job_id: uuid.UUID, data: JobClone, user: User) -> list[Job]:
+def request_delete(session: Session, job_id: uuid.UUID, user: User) -> bool:
+    """Delete a job; True when it is gone now, False when its worker removes it once stopped.
+
+    A running job is hidden at once (404 everywhere, out of lists) and asked to stop; the
+    worker that runs it deletes the row and its folder when it has stopped (or the reaper,
+    if that worker died).
+    """
+    job = get_job(session, job_id, user)
+    outcome = lifecycle.request_abort(session, Job, job.id)
+    if outcome.status == Status.RUNNING:
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == Status.RUNNING)
+            .values(delete_requested=True)
+            .execution_options(synchronize_session=False)
+        )
+        session.refresh(job)
+        if job.status == Status.RUNNING:
+            return False
+    if outcome.stopped_now:
+        dispatch.retract(session, [job])
+    session.expunge(job)
+    dispatch.purge(session, Job, job_id)
+    return True
+
+
+def clone_job(
+    session: Session, job_id: uuid.UUID, data: JobClone, user: User, settings: Settings
+) -> list[Job]:
     """A new job from the stored request, with overrides."""
     job = get_job(session, job_id, user)
     request = dict(job.request)
@@ -313,7 +330,7 @@ def clone_job(session: Session, job_id: uuid.UUID, data: JobClone, user: User) -
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidInput(f"clone: {where}: {first['msg']}", code="invalid_clone") from exc
-    return create_training_jobs(session, create, user)
+    return create_training_jobs(session, create, user, settings)
 
 
 def latest_events(
@@ -353,7 +370,7 @@ def checkpoints(session: Session, job_id: uuid.UUID) -> list[Checkpoint]:
 
 def eta_seconds(job: Job, now: datetime | None = None) -> float | None:
     """Time left, from the progress so far."""
-    if job.status != Status.RUNNING.value or not job.started_at or job.progress <= 0:
+    if job.status != Status.RUNNING or not job.started_at or job.progress <= 0:
         return None
     now = now or utcnow()
     started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=now.tzinfo)
@@ -362,8 +379,8 @@ def eta_seconds(job: Job, now: datetime | None = None) -> float | None:
     return round(left, 1) if math.isfinite(left) else None
 
 
-def to_read(job: Job) -> JobRead:
-    """The API view of a job row."""
+def to_read(job: Job, history: list[StatusChange]) -> JobRead:
+    """The API view of a job row and its status history."""
     return JobRead(
         id=job.id,
         kind=job.kind,
@@ -371,7 +388,7 @@ def to_read(job: Job) -> JobRead:
         group=job.group_name,
         notes=job.notes,
         status=job.status,
-        status_history=job.status_history or [],  # type: ignore[arg-type]
+        status_history=[StatusEntry(**lifecycle.as_entry(c)) for c in history],
         error=job.error,
         dataset_id=job.dataset_id,
         request=job.request,
@@ -389,3 +406,14 @@ def to_read(job: Job) -> JobRead:
         started_at=job.started_at,
         finished_at=job.finished_at,
     )
+
+
+def read(session: Session, job: Job) -> JobRead:
+    """The API view of one job."""
+    return to_read(job, lifecycle.history(session, job.id))
+
+
+def read_many(session: Session, jobs: list[Job]) -> list[JobRead]:
+    """The API view of many jobs, their histories in one query."""
+    found = lifecycle.histories(session, [j.id for j in jobs])
+    return [to_read(j, found[j.id]) for j in jobs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,8 @@ from sqlalchemy.orm import Session
 
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.models import Checkpoint, Dataset, Job, JobKind, PretrainedModel, Status, User
-from shared.services import datasets as dataset_service
-from shared.services import jobs as job_service
+from shared.services import datasets as datasets_service
+from shared.services import dispatch, lifecycle
 
 
 def checkpoint_name(raw: str | int | None) -> str:
@@ -20,20 +21,24 @@ def checkpoint_name(raw: str | int | None) -> str:
     if raw is None or raw == "":
         return "best"
     text = str(raw).strip()
-    if text in ("best", "last") or text.startswith("epoch-"):
+    if text in ("best", "last"):
         return text
+    number = text.removeprefix("epoch-")
     try:
-        value = float(text)
-    except ValueError as exc:
+        value = float(number) if len(number) <= 32 else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or value > 1_000_000:
         raise InvalidInput(
-            f"checkpoint {raw!r}: use best, last or an epoch number", code="invalid_checkpoint"
-        ) from exc
+            f"checkpoint {text[:40]!r}: use best, last or an epoch number (e.g. 3 or 1.5)",
+            code="invalid_checkpoint",
+        )
     return f"epoch-{int(value)}" if value == int(value) else f"epoch-{value:g}"
 
 
 def resolve_checkpoint(session: Session, job: Job, raw: str | int | None) -> Checkpoint:
     """The checkpoint row of a training job; `best` falls back to `last`."""
-    if job.kind != JobKind.TRAIN.value:
+    if job.kind != JobKind.TRAIN:
         raise Conflict(
             f"job {job.id} is a {job.kind} job, not a training job", code="not_a_training_job"
         )
@@ -59,34 +64,109 @@ def resize_mode_of(session: Session, job: Job) -> str:
 def create_model_job(
     session: Session, kind: JobKind, source: Job, user: User, request: dict[str, Any], name: str
 ) -> Job:
-    """An inference or evaluation job about a training job, in `waiting`."""
+    """An inference or evaluation job about a training job; it is sent after the commit.
+
+    The request names the checkpoint; its worker finds the file (no server path is stored).
+    """
     job = Job(
-        kind=kind.value,
+        kind=kind,
         owner_id=user.id,
         name=name,
         group_name=source.group_name,
-        status=Status.INITIALIZED.value,
-        status_history=[{"status": "initialized", "at": _now()}],
         dataset_id=None,
         request={"source_job_id": str(source.id), **request},
     )
-    session.add(job)
-    session.flush()
-    job_service.record_event(session, job.id, "status", {"status": "initialized", "at": _now()})
-    job_service.set_status(session, job, Status.WAITING)
+    lifecycle.create(session, [job])
+    dispatch.enqueue(session, [job])
     return job
 
 
-def _now() -> str:
-    from shared.db import utcnow
+def evaluation_dataset(
+    session: Session, job: Job, dataset_id: uuid.UUID | None, split: str, user: User
+) -> Dataset:
+    """The dataset to evaluate a job on: ready, with the split, the job's image shape and no
+    class the model does not know (refused now, not after queueing)."""
+    target = dataset_id or job.dataset_id
+    if target is None:
+        raise InvalidInput("this job has no dataset; give dataset_id", code="no_dataset")
+    dataset = datasets_service.get_ready_dataset(session, target, user)
+    own = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+    if not sum((dataset.counts or {}).get(split, [])):
+        raise InvalidInput(f"dataset {dataset.id} has no {split} images", code="empty_split")
+    if own is not None and dataset.id != own.id:
+        shape = (dataset.image_width, dataset.image_height, dataset.image_channels)
+        wanted = (own.image_width, own.image_height, own.image_channels)
+        if shape != wanted:
+            raise InvalidInput(
+                f"dataset {dataset.id} holds {shape[0]}x{shape[1]}x{shape[2]} images; the model "
+                f"takes {wanted[0]}x{wanted[1]}x{wanted[2]} (import it at that size)",
+                code="dataset_shape_mismatch",
+            )
+        unknown = [c for c in dataset.classes or [] if c not in (own.classes or [])]
+        if unknown:
+            raise InvalidInput(
+                f"dataset {dataset.id} has classes the model does not know: {unknown[:5]}",
+                code="dataset_classes_mismatch",
+            )
+    return dataset
 
-    return utcnow().isoformat()
+
+def export_file(folder: Path, checkpoint: Checkpoint, exports: list[str], fmt: str) -> Path:
+    """Where the download of this checkpoint with these exports is cached."""
+    tag = "-".join([checkpoint.name, *exports])
+    return folder / "downloads" / f"{tag}.{fmt}"
+
+
+def export_is_stale(out: Path, checkpoint: Checkpoint) -> bool:
+    """True when the cached download is missing or older than its checkpoint file."""
+    try:
+        return out.stat().st_mtime < Path(checkpoint.path).stat().st_mtime
+    except FileNotFoundError:
+        return True
+
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib", ".npz")
+MAX_INFO_BYTES = 1024 * 1024
+
+
+def check_upload_folder(folder: Path) -> None:
+    """What a model upload must be before the model service looks at it: no pickles (they
+    can run code), a bounded info.json, and safetensors weights (by their header)."""
+    for path in folder.rglob("*"):
+        if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+            raise InvalidInput(
+                f"{path.name[:100]}: pickle-based files are refused (they can run code); "
+                "send weights as safetensors",
+                code="pickle_refused",
+            )
+    info = folder / "info.json"
+    if not info.is_file():
+        raise InvalidInput("info.json is missing", code="invalid_model")
+    if info.stat().st_size > MAX_INFO_BYTES:
+        raise InvalidInput(f"info.json is larger than {MAX_INFO_BYTES} bytes", code="invalid_model")
+    weights = folder / "weights.safetensors"
+    head = b""
+    if weights.is_file():
+        with open(weights, "rb") as fh:
+            head = fh.read(16)
+    else:  # a weights file under another name, as info.json says (checked by the service)
+        candidates = sorted(folder.glob("*.safetensors"))
+        if candidates:
+            with open(candidates[0], "rb") as fh:
+                head = fh.read(16)
+    if len(head) < 9 or head[8:9] != b"{":
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            raise InvalidInput(
+                "the weights are a pickle/torch file, refused; send safetensors",
+                code="pickle_refused",
+            )
+        raise InvalidInput("the weights are not a safetensors file", code="invalid_weights")
 
 
 def get_pretrained(session: Session, model_id: uuid.UUID, user: User) -> PretrainedModel:
     """The pretrained model, or NotFound (also for another user's)."""
     row = session.get(PretrainedModel, model_id)
-    if row is None or not dataset_service.visible(user, row.owner_id):
+    if row is None or not datasets_service.visible(user, row.owner_id):
         raise NotFound(
             f"pretrained model {model_id} does not exist", code="pretrained_model_not_found"
         )
@@ -133,7 +213,7 @@ def prepare_delete_pretrained(session: Session, model_id: uuid.UUID, user: User)
     """Refuse while waiting jobs will start from it."""
     row = get_pretrained(session, model_id, user)
     waiting = session.scalars(
-        select(Job).where(Job.status.in_([Status.INITIALIZED.value, Status.WAITING.value]))
+        select(Job).where(Job.status.in_([Status.INITIALIZED, Status.WAITING]))
     ).all()
     users = [
         j for j in waiting if (j.request.get("network") or {}).get("model_id") == str(model_id)

@@ -157,7 +157,7 @@ def test_another_users_objects_answer_404_and_stay_out_of_lists(
                 .replace("{split}", "train")
                 .replace("{index}", "0")
             )
-            kwargs: dict[str, Any] = {}
+            kwargs: dict[str, Any] = {"params": {"true": 0, "pred": 0}}  # the cell route's
             if method in ("POST", "PATCH") and "{job_id}" in path:
                 kwargs["json"] = {}
             resp = b.request(method, url, **kwargs)

@@ -9,9 +9,10 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from shared import archives, storage
+from shared.schemas.datasets import DatasetOptions
+from shared.schemas.work import ArchiveInput, FolderSource, PathInput, TextfileSource
 from shared.settings import Settings
 from worker.datasets.importer import ImportOptions, ImportResult, Source, import_dataset
 
@@ -23,8 +24,8 @@ WORK_DIR = ".import"
 def run_import(
     settings: Settings,
     dataset_id: uuid.UUID,
-    options: dict[str, Any],
-    source: dict[str, Any],
+    options: DatasetOptions,
+    source: FolderSource | TextfileSource,
     *,
     progress: Callable[[float], None] | None = None,
     should_abort: Callable[[], bool] | None = None,
@@ -40,21 +41,7 @@ def run_import(
     )
     try:
         train, val, test = _sources(root, work, source, limits)
-        opts = ImportOptions(
-            width=options["image_width"],
-            height=options["image_height"],
-            channels=options["channels"],
-            resize_mode=options["resize_mode"],
-            val_pct=options["val_pct"],
-            test_pct=options["test_pct"],
-            min_per_class=options["min_per_class"],
-            max_per_class=options.get("max_per_class"),
-            encoding=options["encoding"],
-            seed=options.get("seed") or 0,
-            shuffle=options.get("shuffle", True),
-            max_image_pixels=settings.max_image_pixels,
-            workers=settings.import_workers,
-        )
+        opts = import_options(options, settings)
         out = work / "out"
         result = import_dataset(
             train, opts, out, val=val, test=test, progress=progress, should_abort=should_abort
@@ -71,6 +58,25 @@ def run_import(
     return result
 
 
+def import_options(options: DatasetOptions, settings: Settings) -> ImportOptions:
+    """The importer's options from the stored request and the service's limits."""
+    return ImportOptions(
+        width=options.image_width,
+        height=options.image_height,
+        channels=options.channels,
+        resize_mode=options.resize_mode.value,
+        val_pct=options.val_pct,
+        test_pct=options.test_pct,
+        min_per_class=options.min_per_class,
+        max_per_class=options.max_per_class,
+        encoding=options.encoding,
+        seed=options.seed or 0,
+        shuffle=options.shuffle,
+        max_image_pixels=settings.max_image_pixels,
+        workers=settings.import_workers,
+    )
+
+
 def _clear_outputs(root: Path) -> None:
     """Remove whatever an import may have published, leaving the folder empty."""
     if root.is_dir():
@@ -83,17 +89,19 @@ def _clear_outputs(root: Path) -> None:
 
 
 def _sources(
-    root: Path, work: Path, source: dict[str, Any], limits: archives.ArchiveLimits
+    root: Path,
+    work: Path,
+    source: FolderSource | TextfileSource,
+    limits: archives.ArchiveLimits,
 ) -> tuple[Source, Source | None, Source | None]:
     """Turn the stored source description into local folders and list files."""
-    method = source.get("method", "folder")
 
-    def folder(item: dict[str, Any], name: str) -> Path:
-        if item["kind"] == "archive":
+    def folder(item: ArchiveInput | PathInput, name: str) -> Path:
+        if isinstance(item, ArchiveInput):
             dest = work / "src" / name
             dest.mkdir(parents=True)
             started = time.perf_counter()
-            info = archives.extract_archive(root / item["file"], dest, limits)
+            info = archives.extract_archive(root / item.file, dest, limits)
             log.info(
                 "extracted %s archive: %d files in %.2fs",
                 name,
@@ -101,31 +109,25 @@ def _sources(
                 time.perf_counter() - started,
             )
             return dest
-        return Path(item["path"])
+        return Path(item.path)
 
-    if method == "folder":
-        train = Source(kind="folder", root=folder(source["train"], "train"))
-        val = (
-            Source(kind="folder", root=folder(source["val"], "val")) if source.get("val") else None
-        )
-        test = (
-            Source(kind="folder", root=folder(source["test"], "test"))
-            if source.get("test")
-            else None
-        )
+    if isinstance(source, FolderSource):
+        train = Source(kind="folder", root=folder(source.train, "train"))
+        val = Source(kind="folder", root=folder(source.val, "val")) if source.val else None
+        test = Source(kind="folder", root=folder(source.test, "test")) if source.test else None
         return train, val, test
 
-    images = folder(source["images"], "images")
-    labels_file = root / source["labels"]
+    images = folder(source.images, "images")
+    labels_file = root / source.labels
 
     def listed(split: str) -> Source | None:
-        item = source.get(split)
-        if not item:
+        item = getattr(source, split)
+        if item is None:
             return None
         return Source(
-            kind="textfile", root=images, list_file=root / item["file"], labels_file=labels_file
+            kind="textfile", root=images, list_file=root / item.file, labels_file=labels_file
         )
 
     listed_train = listed("train")
-    assert listed_train is not None  # the API requires train_list for this method
+    assert listed_train is not None  # train is required by the textfile source
     return listed_train, listed("val"), listed("test")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -54,21 +52,6 @@ def serialize(checkpoint: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     torch.save(checkpoint, buf)
     return buf.getvalue()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside path, then rename it over path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared import storage
 from shared.lr_policy import multiplier
 from shared.networks import CATALOG, NetworkShapeError
 from shared.schemas.jobs import Hyperparameters
+from shared.schemas.work import CheckpointInfo
 from worker.training import checkpoint as ckpt
 from worker.training.augment import Preprocess
 from worker.training.data import DatasetError, Split, epoch_order, open_splits, read_info
@@ -46,18 +48,6 @@ Outcome = Literal["done", "stopped", "early_stopped"]
 
 class TrainingError(Exception):
     """Training cannot go on; the message is for the person who submitted the job."""
-
-
-@dataclass
-class CheckpointInfo:
-    """A checkpoint file just written."""
-
-    name: str
-    path: Path
-    epoch: float
-    step: int
-    metrics: dict[str, float]
-    is_best: bool
 
 
 class Reporter(Protocol):
@@ -537,7 +527,7 @@ def _save(run: _Run, names: list[str], is_best: bool) -> None:
     folder = Path(run.spec.out_dir) / "checkpoints"
     for name in names:
         path = folder / f"{name}.pt"
-        ckpt.write_atomic(path, data)
+        storage.atomic_write(path, data)
         run.reporter.checkpoint_saved(
             CheckpointInfo(name, path, run.epoch, run.step, dict(run.tracker.last), is_best)
         )
