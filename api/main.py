@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
 from api.errors import install_error_handlers
-from api.middleware import BodyLimitMiddleware
+from api.middleware import AuthGateMiddleware, BodyLimitMiddleware, gate_authenticator
 from api.openapi import build_openapi
 from api.routers import (
     catalog,
@@ -91,7 +91,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_upload_bytes,
+        json_limit=settings.max_json_bytes,
+        read_timeout=settings.body_read_timeout,
+    )
     # the UI's modules shrink 3-4x; model archives are compressed already
     app.add_middleware(
         GZipMiddleware,
@@ -99,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         compresslevel=6,
         exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/octet-stream"),
     )
+    # outermost: credentials are checked before anything reads (or even caps) a body
+    app.add_middleware(AuthGateMiddleware, authenticate=gate_authenticator(app))
     app.include_router(health.router, prefix=API_PREFIX)
     guarded: dict[int | str, dict[str, Any]] = {
         401: {"model": Problem, "description": "Missing, malformed or revoked token"},

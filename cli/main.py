@@ -28,17 +28,10 @@ def _cmd_db(args: argparse.Namespace) -> int:
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
-    import uvicorn
+    from api.server import serve
 
     settings = get_settings()
-    uvicorn.run(
-        "api.main:create_app",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-    )
+    serve(settings, args.host or settings.host, args.port or settings.port)
     return 0
 
 

@@ -27,7 +27,18 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Server folders that POST /datasets may import from (allow-list)",
     )
-    max_upload_bytes: int = 4 * 1024**3
+    max_upload_bytes: int = Field(
+        default=4 * 1024**3, description="largest body of the upload routes (files)"
+    )
+    max_json_bytes: int = Field(
+        default=1024**2, ge=1024, description="largest body of every other route (JSON)"
+    )
+    body_read_timeout: float = Field(
+        default=60.0, gt=0, description="a request body that stalls this long gets 408 (s)"
+    )
+    header_read_timeout: float = Field(
+        default=10.0, gt=0, description="a connection must send its request headers in (s)"
+    )
     max_image_pixels: int = 89_478_485
     pretrained_max_weights_bytes: int = Field(
         default=1024**3, ge=1, description="largest weights file an uploaded model may hold"

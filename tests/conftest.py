@@ -73,6 +73,8 @@ def pg_env(
         "DIGITS_BROKER_PREFIX": redis_prefix,
         "DIGITS_IMPORT_ROOTS": str(imports),
         "DIGITS_MAX_UPLOAD_BYTES": str(8 * 1024 * 1024),
+        "DIGITS_BODY_READ_TIMEOUT": "5",
+        "DIGITS_HEADER_READ_TIMEOUT": "3",
         "DIGITS_MAX_IMAGE_PIXELS": str(4_000_000),
         "DIGITS_LOG_LEVEL": "INFO",
         "DIGITS_MODEL_SERVER_URL": f"http://127.0.0.1:{free_port()}",

@@ -566,7 +566,7 @@ def upload_pretrained(
                 "send an `archive`, or `weights` (safetensors) with `info` (info.json)",
                 code="missing_source",
             )
-        models_service.check_upload_folder(unpacked)
+        models_service.check_upload_folder(unpacked, settings.pretrained_max_weights_bytes)
         info = _model_server(
             request,
             "POST",

@@ -13,14 +13,15 @@ class WorkerRead(BaseModel):
     """A worker process and what it is doing."""
 
     name: str
-    hostname: str
-    pid: int
+    hostname: str | None = Field(description="Shown to admins only")
+    pid: int | None = Field(description="Shown to admins only")
     kind: str = Field(description="cpu (dataset work), gpu, or cpu-train")
     device: str | None
     queues: list[str]
     gpus: list[dict[str, Any]]
     alive: bool = Field(description="Heard from within DIGITS_WORKER_STALE_AFTER seconds")
-    job_id: UUID | None = Field(description="The job it runs now")
+    job_id: UUID | None = Field(description="The job it runs now (if it is yours, or to admins)")
+    busy: bool = Field(default=False, description="Whether it runs a job now")
     stats: dict[str, Any] = Field(description="Latest telemetry sample of its running job")
     started_at: datetime
     heartbeat_at: datetime
@@ -36,7 +37,7 @@ class GpuRead(BaseModel):
     memory_total: int
     compute_capability: str
     worker: str
-    hostname: str
+    hostname: str | None
     alive: bool
     job_id: UUID | None
     utilization: float | None

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.db import utcnow
-from shared.models import Job, Status, Worker
+from shared.models import Job, Status, User, Worker
 
 TRAIN_KINDS = ("gpu", "cpu-train")
 
@@ -48,15 +48,27 @@ def _matches(worker: Worker, target: str) -> bool:
     return worker.name == target or any(g.get("uuid") == target for g in worker.gpus or [])
 
 
-def queue(session: Session, stale_after: float) -> list[QueueEntry]:
-    """Waiting jobs in the order they will run, each with its position and the reason it waits."""
+def own_job_ids(session: Session, user: User) -> set[uuid.UUID]:
+    """The ids of the user's jobs that run now (what a non-admin may see of the fleet)."""
+    return set(
+        session.scalars(select(Job.id).where(Job.owner_id == user.id, Job.status == Status.RUNNING))
+    )
+
+
+def queue(session: Session, stale_after: float, *, show_jobs: bool = True) -> list[QueueEntry]:
+    """Waiting jobs in the order they will run, each with its position and the reason it waits.
+
+    With `show_jobs` false, reasons do not name the jobs that keep a worker busy.
+    """
     now = utcnow()
     workers = [w for w in list_workers(session) if w.kind in TRAIN_KINDS]
     live = [w for w in workers if is_alive(w, stale_after, now)]
     claimed: set[str] = {w.name for w in live if w.current_job_id is not None}
     waiting = list(
         session.scalars(
-            select(Job).where(Job.status == Status.WAITING.value).order_by(Job.created_at, Job.id)
+            select(Job)
+            .where(Job.status == Status.WAITING, Job.delete_requested.is_(False))
+            .order_by(Job.created_at, Job.id)
         )
     )
     entries: list[QueueEntry] = []
@@ -70,7 +82,9 @@ def queue(session: Session, stale_after: float) -> list[QueueEntry]:
                 reason = f"no live worker for the requested GPU or worker {target!r} ({state})"
             elif matching[0].name in claimed:
                 busy = matching[0]
-                running = f" with job {busy.current_job_id}" if busy.current_job_id else ""
+                running = (
+                    f" with job {busy.current_job_id}" if busy.current_job_id and show_jobs else ""
+                )
                 reason = f"worker {busy.name} is busy{running}"
             else:
                 claimed.add(matching[0].name)

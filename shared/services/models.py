@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.models import Checkpoint, Dataset, Job, JobKind, PretrainedModel, Status, User
+from shared.schemas.models import INFO_MAX_BYTES, InvalidModelInfo, ModelInfo, parse_model_info
 from shared.services import datasets as datasets_service
 from shared.services import dispatch, lifecycle
 
@@ -125,13 +126,14 @@ def export_is_stale(out: Path, checkpoint: Checkpoint) -> bool:
         return True
 
 
-PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib", ".npz")
-MAX_INFO_BYTES = 1024 * 1024
+# a TorchScript export inside a downloaded archive is not loaded: it may come back
+PICKLE_SUFFIXES = (".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib", ".npz")
 
 
-def check_upload_folder(folder: Path) -> None:
+def check_upload_folder(folder: Path, max_weights_bytes: int) -> ModelInfo:
     """What a model upload must be before the model service looks at it: no pickles (they
-    can run code), a bounded info.json, and safetensors weights (by their header)."""
+    can run code), a bounded and valid info.json, and bounded safetensors weights (by their
+    header). The model service then checks the weights against the network."""
     for path in folder.rglob("*"):
         if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
             raise InvalidInput(
@@ -139,21 +141,34 @@ def check_upload_folder(folder: Path) -> None:
                 "send weights as safetensors",
                 code="pickle_refused",
             )
-    info = folder / "info.json"
-    if not info.is_file():
+    if (folder / "weights.safetensors").is_file():  # a pickle posing as weights says so first
+        _check_safetensors_magic(folder / "weights.safetensors")
+    path = folder / "info.json"
+    if not path.is_file():
         raise InvalidInput("info.json is missing", code="invalid_model")
-    if info.stat().st_size > MAX_INFO_BYTES:
-        raise InvalidInput(f"info.json is larger than {MAX_INFO_BYTES} bytes", code="invalid_model")
-    weights = folder / "weights.safetensors"
-    head = b""
-    if weights.is_file():
-        with open(weights, "rb") as fh:
-            head = fh.read(16)
-    else:  # a weights file under another name, as info.json says (checked by the service)
-        candidates = sorted(folder.glob("*.safetensors"))
-        if candidates:
-            with open(candidates[0], "rb") as fh:
-                head = fh.read(16)
+    with open(path, "rb") as fh:
+        data = fh.read(INFO_MAX_BYTES + 1)
+    try:
+        info = parse_model_info(data)
+    except InvalidModelInfo as exc:
+        raise InvalidInput(str(exc), code="invalid_model") from exc
+    weights = folder / Path(info.files.weights or "weights.safetensors").name
+    if not weights.is_file():
+        raise InvalidInput(f"the weights file {weights.name!r} is missing", code="invalid_model")
+    size = weights.stat().st_size
+    if size > max_weights_bytes:
+        raise InvalidInput(
+            f"the weights are {size:,} bytes, over the limit of {max_weights_bytes:,} "
+            "(DIGITS_PRETRAINED_MAX_WEIGHTS_BYTES)",
+            code="weights_too_large",
+        )
+    _check_safetensors_magic(weights)
+    return info
+
+
+def _check_safetensors_magic(weights: Path) -> None:
+    with open(weights, "rb") as fh:
+        head = fh.read(16)
     if len(head) < 9 or head[8:9] != b"{":
         if head[:2] == b"PK" or head[:1] == b"\x80":
             raise InvalidInput(

@@ -238,7 +238,8 @@ def _read_labels_file(path: Path) -> list[str]:
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetImportError(f"cannot read labels file {Path(path).name}: {exc}") from exc
+        why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise DatasetImportError(f"cannot read labels file {Path(path).name}: {why}") from exc
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if len(set(names)) != len(names):
         raise DatasetImportError(f"labels file {Path(path).name} repeats a class name")
@@ -275,7 +276,9 @@ def _scan_textfile(source: Source, num_classes: int, skips: _Skips) -> list[tupl
     try:
         text = Path(source.list_file).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetImportError(f"cannot read list file {name}: {exc}") from exc
+        raise DatasetImportError(
+            f"cannot read list file {name}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}"
+        ) from exc
     root = os.path.normpath(os.path.abspath(source.root))
     real = _RealPaths(root)
     out: list[tuple[str, int, int]] = []

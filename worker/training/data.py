@@ -246,7 +246,7 @@ def open_splits(
         resident = size <= resident_budget(device)
     log.info(
         "dataset %s: %d bytes of images, %s on %s",
-        dataset_dir,
+        Path(dataset_dir).name,
         size,
         "resident" if resident else "streamed",
         device,

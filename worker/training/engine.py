@@ -376,7 +376,7 @@ def _setup(spec: TrainSpec, reporter: Reporter) -> _Run:
             else "all tensors loaded"
         )
         reporter.log(message)
-        log.info("%s: %s", spec.out_dir, message)
+        log.info("job=%s %s", spec.out_dir.name, message)
 
     cuda = device.type == "cuda"
     channels_last = use_channels_last(model, device)
@@ -479,7 +479,7 @@ def _resume(run: _Run, path: Path) -> None:
         run.log_count = int(state.get("count", 0))
         run.log_images = int(state.get("images", 0))
     run.reporter.log(f"resumed at step {run.step} (epoch {run.epoch:.2f})")
-    log.info("%s: resumed from %s at step %d", run.spec.out_dir, path, run.step)
+    log.info("job=%s resumed from %s at step %d", run.spec.out_dir.name, path.name, run.step)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -583,8 +583,8 @@ def _validate(run: _Run) -> tuple[bool, bool]:
     run.reporter.metrics(run.step, run.epoch, {**values, "epoch": run.epoch})
     run.reporter.progress(run.epoch, run.step, run.total)
     log.info(
-        "%s: step %d epoch %.2f val.loss %.4f val.accuracy %.4f",
-        run.spec.out_dir,
+        "job=%s step %d epoch %.2f val.loss %.4f val.accuracy %.4f",
+        run.spec.out_dir.name,
         run.step,
         run.epoch,
         values["val.loss"],
@@ -722,8 +722,8 @@ def fit(run: _Run, started: float) -> TrainResult:
     seconds = time.perf_counter() - started
     ips = run.images / loop_seconds if loop_seconds > 0 else 0.0
     log.info(
-        "%s: %s after %d steps in %.1f s (%.0f images/s)",
-        run.spec.out_dir,
+        "job=%s %s after %d steps in %.1f s (%.0f images/s)",
+        run.spec.out_dir.name,
         outcome,
         run.step,
         seconds,

@@ -1,0 +1,78 @@
+"""Serving the API with uvicorn, with a deadline on request headers.
+
+uvicorn times out idle keep-alive connections but not a connection that sends half a request
+and stops: one such connection was held for 60 s (and a few hundred would hold every file
+descriptor). This protocol closes a connection whose request headers are not complete within
+`header_timeout` seconds of its first byte (or of its opening).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from shared.settings import Settings
+
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """httptools' protocol with a deadline from a request's first byte to its last header."""
+
+    header_timeout = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_deadline: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        if self._header_deadline is None:
+            self._header_deadline = self.loop.call_later(self.header_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _expired(self) -> None:
+        self._header_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        # bytes on a connection with no request in flight start a new request's deadline
+        if self.cycle is None or self.cycle.response_complete:
+            self._arm()
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    """Run the API (uvicorn, httptools, header deadline)."""
+    import uvicorn
+
+    protocol = type(
+        "DigitsHttpProtocol",
+        (HeaderDeadlineProtocol,),
+        {"header_timeout": settings.header_read_timeout},
+    )
+    uvicorn.run(
+        "api.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        http=protocol,  # type: ignore[arg-type]
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
