@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api import browser
 from api.deps import SessionDep
+from shared.errors import DomainError
 from shared.schemas.common import Problem
 from shared.schemas.users import UserRead
 from shared.services import users
@@ -24,6 +25,12 @@ class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     token: str = Field(min_length=1, max_length=200, description="An API token, `dgt_...`")
+
+
+class SessionRead(BaseModel):
+    """Who this browser is signed in as; `user` is null when it is not (or no longer)."""
+
+    user: UserRead | None
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -59,6 +66,24 @@ def create_session(
         secure=request.url.scheme == "https",
     )
     return UserRead.model_validate(user, from_attributes=True)
+
+
+@router.get(
+    "",
+    operation_id="get_session",
+    summary="Who the browser is signed in as",
+    response_model=SessionRead,
+)
+def get_session(request: Request, session: SessionDep) -> SessionRead:
+    """The session cookie's user, or null: a page asks this instead of meeting a 401."""
+    token = request.cookies.get(browser.COOKIE)
+    if not token:
+        return SessionRead(user=None)
+    try:
+        user = users.authenticate(session, f"Bearer {token}")
+    except DomainError:  # revoked, unknown or disabled: signed out
+        return SessionRead(user=None)
+    return SessionRead(user=UserRead.model_validate(user, from_attributes=True))
 
 
 @router.delete(

@@ -250,10 +250,15 @@ function padRange(lo, hi) {
 
 function buildData(series, smooth, log) {
   const cols = [];
+  // one smoothing unit for the whole chart: runs logged at different densities smooth alike
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const s of series) if (s.x.length) { lo = Math.min(lo, s.x[0]); hi = Math.max(hi, s.x[s.x.length - 1]); }
+  const unit = hi > lo ? (hi - lo) / 200 : null;
   for (const s of series) {
     let y = Array.from(s.y);
     if (log) y = y.map((v) => (v > 0 ? v : null)); // a log axis cannot show <= 0 (it is not hidden in linear mode)
-    if (smooth > 0) cols.push({ x: s.x, y }, { x: s.x, y: ema(s.x, y, smooth) });
+    if (smooth > 0) cols.push({ x: s.x, y }, { x: s.x, y: ema(s.x, y, smooth, unit) });
     else cols.push({ x: s.x, y });
   }
   return align(cols);

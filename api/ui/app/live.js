@@ -103,7 +103,7 @@ export function follow({ jobs = [], status = null }, onEvent, onState = () => {}
         s.close();
         if (!closed && !status) perJob();
       } else if (r !== "closed") multiplexed = true;
-    });
+    }, () => {});
     // the first bytes prove the endpoint exists
     const prev = s.onState;
     s.onState = (st) => { if (st === "live") multiplexed = true; prev(st); };

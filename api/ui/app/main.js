@@ -144,7 +144,7 @@ function App() {
 async function boot() {
   installLinkHandler();
   applyTheme(getTheme());
-  // One-click sign-in: `digits up` prints http://host:port/#token=...; the fragment never
+  // One-click sign-in: `digits up` prints a URL ending in #token=...; the fragment never
   // reaches the server's logs. Strip it from the address bar before anything else.
   const m = location.hash.match(/^#token=([^&]+)/);
   if (m) {

@@ -18,7 +18,7 @@ export const session = {
   /** Is the cookie (still) good? */
   async load() {
     try {
-      this.user = await api("/users/me", { quiet401: true });
+      this.user = (await api("/session")).user;
     } catch {
       this.user = null;
     }

@@ -199,7 +199,7 @@ export function ComparePage() {
               if (appendPoints(s, ev.points) && !pending) pending = setTimeout(() => { pending = null; setVersion((v) => v + 1); }, 500);
             } else if (kind === "status") {
               setJobs((old) => old && old.map((j) => (j.id === ev.job_id ? { ...j, status: ev.status } : j)));
-              if (["done", "error", "aborted"].includes(ev.status)) api(`/jobs/${ev.job_id}`).then((fresh) => setJobs((old) => old && old.map((j) => (j.id === fresh.id ? fresh : j))));
+              if (["done", "error", "aborted"].includes(ev.status)) api(`/jobs/${ev.job_id}`).then((fresh) => setJobs((old) => old && old.map((j) => (j.id === fresh.id ? fresh : j))), () => {});
             }
           });
         }

@@ -99,7 +99,7 @@ export function HomePage() {
       if (stop) return;
       for (const [id, body] of Object.entries(all)) sparkData.current[id] = body.series || {};
       setSparks(Object.fromEntries(Object.entries(sparkData.current).map(([id, s]) => [id, (s["train.loss"] || {}).value || []])));
-    });
+    }, () => { /* sparklines are a nicety; the next reload retries */ });
     const stream = follow({ jobs: running.map((j) => j.id) }, (kind, data) => {
       if (kind === "metrics") {
         const s = sparkData.current[data.job_id] || (sparkData.current[data.job_id] = {});

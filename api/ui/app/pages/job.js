@@ -57,8 +57,10 @@ function useLiveJob(initial) {
       pending = setTimeout(() => { pending = null; if (!stop) setVersion((v) => v + 1); }, 200);
     };
     const refresh = async () => {
-      const [j, c] = await Promise.all([api(`/jobs/${id}`), api(`/jobs/${id}/checkpoints`)]);
-      if (!stop) { setJob(j); setCheckpoints(c); }
+      try {
+        const [j, c] = await Promise.all([api(`/jobs/${id}`), api(`/jobs/${id}/checkpoints`)]);
+        if (!stop) { setJob(j); setCheckpoints(c); }
+      } catch { /* the stream retries; the next event refreshes again */ }
     };
     const started = () => (initial.started_at ? Date.parse(initial.started_at) : null);
     // the stream opens before the history loads, so no point falls between the two
@@ -229,7 +231,9 @@ function ChartsPanel({ job, series, version, checkpoints }) {
     return { card, list };
   }).filter((c) => c.list.length);
 
-  return html`<div data-testid="charts" data-version=${version}>
+  // what the charts hold, per series: the browser tests compare it with GET /metrics
+  const counts = Object.fromEntries(Object.entries(series).map(([k, c]) => [k, [c.value.length, c.value.reduce((a, v) => a + v, 0)]]));
+  return html`<div data-testid="charts" data-version=${version} data-counts=${JSON.stringify(counts)}>
     <div class="chart-toolbar">
       <span>x axis</span>
       <div class="seg">${["epoch", "step", "time"].map((k) => html`<button class=${x === k ? "on" : ""} disabled=${k === "time" && !hasTime} onClick=${() => setX(k)}>${k}</button>`)}</div>

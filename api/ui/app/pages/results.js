@@ -14,9 +14,9 @@ function useFinalJob(initial) {
     if (["done", "error", "aborted"].includes(initial.status)) return undefined;
     const s = follow({ jobs: [initial.id] }, (kind, data) => {
       if (kind === "progress") setJob((j) => ({ ...j, progress: data.progress }));
-      if (kind === "status") api(`/jobs/${initial.id}`).then(setJob);
+      if (kind === "status") api(`/jobs/${initial.id}`).then(setJob, () => {});
     });
-    const poll = setInterval(() => api(`/jobs/${initial.id}`).then((j) => { setJob(j); if (["done", "error", "aborted"].includes(j.status)) clearInterval(poll); }), 3000);
+    const poll = setInterval(() => api(`/jobs/${initial.id}`).then((j) => { setJob(j); if (["done", "error", "aborted"].includes(j.status)) clearInterval(poll); }, () => {}), 3000);
     return () => { s.close(); clearInterval(poll); };
   }, [initial.id]);
   return job;

@@ -1,14 +1,16 @@
 // Smoothing and decimation for charts (pure: unit-tested with `node --test`).
 
 /**
- * Debiased exponential moving average whose decay follows the x spacing.
+ * Exponential smoothing in x, not in points, started at the first value.
  *
  * TensorBoard's plain EMA starts biased towards 0 (its #610) and smooths a dense series more
- * than a sparse one (#3493, #6829). Here the weight of the past decays per unit of x measured
- * in the series' median spacing, and dividing by (1 - decay^n) removes the start-up bias, so the
- * first smoothed point equals the first raw point. `weight` 0 returns the raw values.
+ * than a sparse one (#3493, #6829). This is the continuous EMA (time constant: the x distance
+ * over which the past keeps `weight` per `unit`, one 200th of the x range unless given; a chart
+ * passes one unit for all its series) of the curve drawn through the points, solved exactly
+ * for each straight segment, so runs logged at different densities smooth alike. It starts
+ * at the first raw value (no start-up bias); `weight` 0 returns the raw values.
  */
-export function ema(xs, ys, weight) {
+export function ema(xs, ys, weight, unit = null) {
   const n = ys.length;
   const out = new Array(n);
   if (!(weight > 0) || n === 0) {
@@ -16,25 +18,28 @@ export function ema(xs, ys, weight) {
     return out;
   }
   const w = Math.min(weight, 0.999);
-  const gaps = [];
-  for (let i = 1; i < n && gaps.length < 512; i++) {
-    const g = xs[i] - xs[i - 1];
-    if (g > 0) gaps.push(g);
-  }
-  gaps.sort((a, b) => a - b);
-  const unit = gaps.length ? gaps[gaps.length >> 1] : 1;
-  let acc = 0;
-  let norm = 0;
-  let lastX = null;
+  const span = n > 1 ? xs[n - 1] - xs[0] : 0;
+  const u = unit > 0 ? unit : span > 0 ? span / 200 : 1;
+  const tau = u / -Math.log(w);
+  let s = null;
+  let px = 0;
+  let py = 0;
   for (let i = 0; i < n; i++) {
     const y = ys[i];
     if (y === null || y === undefined || Number.isNaN(y)) { out[i] = null; continue; }
-    const steps = lastX === null ? 1 : Math.max(0, (xs[i] - lastX) / unit);
-    const decay = Math.pow(w, steps);
-    acc = acc * decay + (1 - decay) * y;
-    norm = norm * decay + (1 - decay);
-    out[i] = norm > 0 ? acc / norm : y;
-    lastX = xs[i];
+    if (s === null) s = y;
+    else {
+      const d = xs[i] - px;
+      if (d <= 0) s = w * s + (1 - w) * y;
+      else {
+        const a = Math.exp(-d / tau);
+        const k = (y - py) / d; // the segment's slope: s' = (y(t) - s) / tau solved on it
+        s = y - k * tau + (s - py + k * tau) * a;
+      }
+    }
+    out[i] = s;
+    px = xs[i];
+    py = y;
   }
   return out;
 }
