@@ -253,4 +253,82 @@ def test_an_import_longer_than_the_lease_runs_once(
 
 
 def _worker_busy(client: httpx.Client, name: str) -> bool:
-    return any(w["name"] == name and w["current_job_id"] for w in client.get("/workers").json())
+    return any(w["name"] == name and w["busy"] for w in client.get("/workers").json())
+
+
+def _wait_free(client: httpx.Client, job_id: str, worker: str, timeout: float = 30) -> float:
+    """Seconds until the job is final and the worker runs nothing."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["status"] in ("done", "error", "aborted") and not _worker_busy(client, worker):
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} or worker {worker} still busy after {timeout}s")
+
+
+def _long_job(client: httpx.Client, env: Env, name: str) -> str:
+    resp = client.post(
+        "/jobs",
+        json={
+            "dataset_id": env.tiny["id"],
+            "name": name,
+            "network": "lenet",
+            "hyperparameters": {"epochs": 10_000, "batch_size": 8, "seed": 1},
+        },
+    )
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["jobs"][0]["id"])
+
+
+def test_50_jobs_created_and_aborted_at_once_all_end_aborted(env: Env) -> None:
+    """No delay, and delays spread over the claim (0 to 0.9 s): never the lost update."""
+    frees: list[float] = []
+    statuses: Counter[str] = Counter()
+    flags: list[bool] = []
+    with env.stack.client() as client:
+        for i in range(50):
+            job_id = _long_job(client, env, f"abort-{i}")
+            time.sleep((i % 10) * 0.1)
+            resp = client.post(f"/jobs/{job_id}/abort")
+            assert resp.status_code == 200, resp.text
+            frees.append(_wait_free(client, job_id, "life-train"))
+            job = client.get(f"/jobs/{job_id}").json()
+            statuses[job["status"]] += 1
+            flags.append(job["status_history"][-2]["status"] == "running")
+            assert job["status"] == "aborted", job
+            assert [e["status"] for e in job["status_history"]][-1] == "aborted"
+            second = client.post(f"/jobs/{job_id}/abort")
+            assert second.status_code == 409
+    frees.sort()
+    report(
+        "50 jobs created and aborted at once",
+        aborted=statuses["aborted"],
+        aborted_while_running=sum(flags),
+        worker_free_p50_s=round(frees[len(frees) // 2], 2),
+        worker_free_max_s=round(frees[-1], 2),
+    )
+    assert statuses["aborted"] == 50
+    assert frees[-1] < 2.0, frees[-5:]
+
+
+def test_a_job_deleted_while_running_stops_and_leaves_no_folder(env: Env) -> None:
+    data_dir = Path(env.stack.env["DIGITS_DATA_DIR"])
+    with env.stack.client() as client:
+        job_id = _long_job(client, env, "delete-me")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            job = client.get(f"/jobs/{job_id}").json()
+            if job["status"] == "running" and job["step"] > 0:
+                break
+            time.sleep(0.1)
+        folder = data_dir / "jobs" / job_id
+        assert folder.is_dir()
+        started = time.monotonic()
+        assert client.delete(f"/jobs/{job_id}").status_code == 204
+        assert client.get(f"/jobs/{job_id}").status_code == 404
+        assert job_id not in [j["id"] for j in client.get("/jobs").json()["items"]]
+        while folder.exists() or _worker_busy(client, "life-train"):
+            assert time.monotonic() - started < 30, "the deleted job is still running"
+            time.sleep(0.1)
+        report("delete while running", gone_after_s=round(time.monotonic() - started, 2))

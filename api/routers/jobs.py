@@ -192,7 +192,7 @@ def delete_job(
     "/{job_id}/metrics",
     operation_id="get_job_metrics",
     summary="Points of a job's metric series",
-    response_model=MetricsRead,
+    response_model=MetricsRead | MetricSeriesRead,
     responses=NOT_FOUND,
 )
 def get_metrics(

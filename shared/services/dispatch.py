@@ -149,8 +149,9 @@ def retract(session: Session, rows: list[Job] | list[Dataset] | list[Job | Datas
 def install(factory: sessionmaker[Session], sender: Sender) -> None:
     """Send what sessions of this factory enqueued, after each commit; forget it on rollback."""
     factory.configure(info={SENDER: sender})
-    event.listen(factory, "after_commit", _after_commit)
-    event.listen(factory, "after_soft_rollback", _after_rollback)
+    if not event.contains(factory, "after_commit", _after_commit):
+        event.listen(factory, "after_commit", _after_commit)
+        event.listen(factory, "after_soft_rollback", _after_rollback)
 
 
 def _after_rollback(session: Session, _previous: Any) -> None:
