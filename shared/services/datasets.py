@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.errors import Conflict, LimitExceeded, NotFound
@@ -124,22 +124,7 @@ def request_delete(session: Session, dataset_id: uuid.UUID, user: User) -> bool:
             f"cannot delete dataset {dataset_id}: {users} job(s) use it; delete them first",
             code="dataset_in_use",
         )
-    outcome = lifecycle.request_abort(session, Dataset, dataset.id)
-    if outcome.status == Status.RUNNING:
-        session.execute(
-            update(Dataset)
-            .where(Dataset.id == dataset.id, Dataset.status == Status.RUNNING)
-            .values(delete_requested=True)
-            .execution_options(synchronize_session=False)
-        )
-        session.refresh(dataset)
-        if dataset.status == Status.RUNNING:
-            return False
-    if outcome.stopped_now:
-        dispatch.retract(session, [dataset])
-    session.expunge(dataset)
-    dispatch.purge(session, Dataset, dataset_id)
-    return True
+    return dispatch.delete_work(session, Dataset, dataset)
 
 
 def read(session: Session, dataset: Dataset) -> DatasetRead:

@@ -348,6 +348,31 @@ def reap(session: Session, settings: Settings, *, now: datetime | None = None) -
     return sweep
 
 
+def delete_work(session: Session, model: lifecycle.Work, row: Job | Dataset) -> bool:
+    """Delete queued work; True when it is gone now, False when its worker removes it.
+
+    Work not yet running is aborted (its queued message taken back) and removed; running work
+    is hidden at once (`delete_requested`) and asked to stop, and the worker that runs it
+    deletes the row and its folder when it has stopped (the reaper does, if that worker died).
+    """
+    row_id = row.id
+    outcome = lifecycle.request_abort(session, model, row_id)
+    if outcome.status == Status.RUNNING:
+        session.execute(
+            update(model)
+            .where(model.id == row_id, model.status == Status.RUNNING)
+            .values(delete_requested=True)
+            .execution_options(synchronize_session=False)
+        )
+        if session.scalar(select(model.status).where(model.id == row_id)) == Status.RUNNING:
+            return False
+    if outcome.stopped_now:
+        retract(session, [row])
+    session.expunge(row)
+    purge(session, model, row_id)
+    return True
+
+
 def purge(session: Session, model: lifecycle.Work, row_id: uuid.UUID) -> None:
     """Delete a row and its history (metrics, events and checkpoints go by cascade)."""
     lifecycle.forget(session, row_id)

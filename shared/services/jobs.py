@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared import networks
@@ -286,29 +286,8 @@ def request_abort(session: Session, job_id: uuid.UUID, user: User) -> Job:
 
 
 def request_delete(session: Session, job_id: uuid.UUID, user: User) -> bool:
-    """Delete a job; True when it is gone now, False when its worker removes it once stopped.
-
-    A running job is hidden at once (404 everywhere, out of lists) and asked to stop; the
-    worker that runs it deletes the row and its folder when it has stopped (or the reaper,
-    if that worker died).
-    """
-    job = get_job(session, job_id, user)
-    outcome = lifecycle.request_abort(session, Job, job.id)
-    if outcome.status == Status.RUNNING:
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status == Status.RUNNING)
-            .values(delete_requested=True)
-            .execution_options(synchronize_session=False)
-        )
-        session.refresh(job)
-        if job.status == Status.RUNNING:
-            return False
-    if outcome.stopped_now:
-        dispatch.retract(session, [job])
-    session.expunge(job)
-    dispatch.purge(session, Job, job_id)
-    return True
+    """Delete a job; True when it is gone now, False when its worker removes it once stopped."""
+    return dispatch.delete_work(session, Job, get_job(session, job_id, user))
 
 
 def clone_job(
