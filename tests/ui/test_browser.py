@@ -295,9 +295,11 @@ def test_a_sweep_on_the_compare_page_and_brushing_hides_series(
         for name in ("train.loss", "val.loss", "val.accuracy")
     }
     assert set(series.values()) == {"3"}, series
-    box = page.locator("[data-brush=learning_rate]").bounding_box()
+    axis = page.locator("[data-brush=learning_rate]")
+    axis.scroll_into_view_if_needed()
+    box = axis.bounding_box()
     assert box is not None
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + 6)
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + 1)  # from the top end
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.3, steps=5)
     page.mouse.up()

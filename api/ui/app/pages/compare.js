@@ -242,7 +242,9 @@ export function ComparePage() {
         const b = brushes[a.key];
         if (!b) continue;
         const v = a.value(job);
-        if (a.numeric) { if (v === null || v === undefined || Number(v) < b[0] || Number(v) > b[1]) h.add(r); } else {
+        // a brush edge at an axis end must keep the run on it (float and URL rounding)
+        const eps = a.numeric ? (a.hi - a.lo) * 1e-3 : 0;
+        if (a.numeric) { if (v === null || v === undefined || Number(v) < b[0] - eps || Number(v) > b[1] + eps) h.add(r); } else {
           const t = a.pos(v);
           if (t === null || t < b[0] - 1e-9 || t > b[1] + 1e-9) h.add(r);
         }
