@@ -7,6 +7,7 @@ worker that runs it (`worker.lifecycle`)."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from pathlib import Path
@@ -54,6 +55,8 @@ class DbReporter:
         self._points: list[tuple[int, float, dict[str, float]]] = []
         self._progress: tuple[float, int, int] | None = None
         self._checkpoints: list[Any] = []
+        self._log_lines: list[str] = []
+        self._log_offset = 0
         self._stop = threading.Event()
         self._closing = threading.Event()
         self.best: dict[str, Any] = dict(best or {})
@@ -93,6 +96,12 @@ class DbReporter:
     def log(self, message: str) -> None:
         log.info("job=%s %s", self.job_id, message)
 
+    def log_line(self, line: str, offset: int) -> None:
+        """A line just written to the job's log, and the log's size after it (for followers)."""
+        with self._lock:
+            self._log_lines.append(line)
+            self._log_offset = offset
+
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> DbReporter:
         self._thread.start()
@@ -125,12 +134,15 @@ class DbReporter:
             progress, self._progress = self._progress, None
             checkpoints, self._checkpoints = self._checkpoints, []
             live, self._live = self._live, None
+            lines, self._log_lines = self._log_lines, []
+            offset = self._log_offset
         try:
-            self._write(points, progress, checkpoints, live)
+            self._write(points, progress, checkpoints, live, (lines, offset))
         except BaseException:
             with self._lock:  # put them back, in order, for the next try
                 self._points[:0] = points
                 self._checkpoints[:0] = checkpoints
+                self._log_lines[:0] = lines
                 if self._progress is None:
                     self._progress = progress
             raise
@@ -141,6 +153,7 @@ class DbReporter:
         progress: tuple[float, int, int] | None,
         checkpoints: list[Any],
         live: dict[str, float] | None = None,
+        logs: tuple[list[str], int] = ([], 0),
     ) -> None:
         now = utcnow()
         with session_scope(self.sessions) as session:
@@ -198,6 +211,15 @@ class DbReporter:
                             "total_steps": total,
                             "progress": values["progress"],
                         },
+                    )
+                )
+            if logs[0]:
+                session.add(
+                    JobEvent(
+                        job_id=self.job_id,
+                        kind="log",
+                        created_at=now,
+                        data={"lines": logs[0], "offset": logs[1]},
                     )
                 )
             for info in checkpoints:
@@ -261,3 +283,21 @@ class DbReporter:
                 },
             )
         )
+
+
+class LogForwarder(logging.Handler):
+    """Sends each line the job's log file gets to the reporter, so streams can follow the log."""
+
+    def __init__(self, reporter: DbReporter, file_handler: logging.FileHandler) -> None:
+        super().__init__()
+        self.reporter = reporter
+        self.file_handler = file_handler
+        self.setFormatter(file_handler.formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = self.file_handler.stream
+            offset = os.fstat(stream.fileno()).st_size if stream else 0
+            self.reporter.log_line(self.format(record), offset)
+        except Exception:  # a log line must never stop training
+            self.handleError(record)

@@ -354,7 +354,7 @@ def child_main(
     engine = make_engine(settings)
     sessions = make_session_factory(engine)
 
-    from worker.reporter import DbReporter
+    from worker.reporter import DbReporter, LogForwarder
     from worker.telemetry import Sampler
     from worker.training.engine import TrainingError, TrainSpec, train
 
@@ -372,6 +372,9 @@ def child_main(
     reporter = DbReporter(
         sessions, job_id, best=best, last=last, worker=worker_name, keep=plan.keep_snapshots
     )
+    # after the file handler, so a line is on disk (and counted in the offset) when it is sent
+    forwarder = LogForwarder(reporter, handler)
+    logging.getLogger().addHandler(forwarder)
     stop_for_shutdown = threading.Event()
 
     def on_sigterm(_signum: int, _frame: object) -> None:
@@ -431,6 +434,7 @@ def child_main(
         outcome_pipe.send(outcome.model_dump(mode="json"))
         outcome_pipe.close()
     engine.dispose()
+    logging.getLogger().removeHandler(forwarder)
     logging.getLogger().removeHandler(handler)
     handler.close()
 

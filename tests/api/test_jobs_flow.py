@@ -57,6 +57,26 @@ def test_sse_from_submission_sees_every_status_and_validation_in_order(lenet_job
     ]
     assert val_epochs == sorted(val_epochs)
     assert len(val_epochs) == LENET["epochs"]
+    logs = [e[2] for e in events if e[1] == "log"]
+    offsets = [e["offset"] for e in logs]
+    assert logs, "the stream carries the job's log lines"
+    assert offsets == sorted(offsets)
+    assert any("val.accuracy" in line for e in logs for line in e["lines"])
+
+
+def test_the_log_is_followed_by_byte_offset(pg_stack: Stack, lenet_job: dict) -> None:
+    job_id = lenet_job["job"]["id"]
+    with pg_stack.client() as client:
+        whole = client.get(f"/jobs/{job_id}/logs")
+        size = int(whole.headers["X-Log-Offset"])
+        assert size == len(whole.content)
+        half = client.get(f"/jobs/{job_id}/logs", params={"offset": size // 2})
+        rest = client.get(
+            f"/jobs/{job_id}/logs", params={"offset": int(half.headers["X-Log-Offset"])}
+        )
+        assert rest.text == ""  # all whole lines were given
+        assert int(half.headers["X-Log-Offset"]) == size
+        assert whole.content.endswith(half.content)
 
 
 def test_sse_reconnect_with_last_event_id_misses_nothing(pg_stack: Stack, lenet_job: dict) -> None:
