@@ -329,3 +329,111 @@ def test_answers_do_not_quote_server_paths(pg_stack: Stack, done_job: dict) -> N
         ]
     leaks = [t[:200] for t in texts if data_dir in t or "object at 0x" in t]
     assert not leaks
+
+
+# -- files that expand: through the API and the model service, cost measured -------------
+
+
+def _du(root: str) -> int:
+    from tests.shared.test_archive_bombs import allocated
+
+    return allocated(__import__("pathlib").Path(root))
+
+
+@pytest.mark.parametrize("kind", ["gnu", "pax", "gnu.gz", "zip"])
+def test_archive_bombs_through_every_upload_route_cost_no_disk(
+    pg_stack: Stack, done_job: dict, tmp_path: Any, kind: str
+) -> None:
+    from tests.shared.test_archive_bombs import gnu_sparse_tar, pax_sparse_tar, zip_declaring
+
+    build = {
+        "gnu": lambda p: gnu_sparse_tar(p / "b.tar"),
+        "pax": lambda p: pax_sparse_tar(p / "b.tar", "1.0"),
+        "gnu.gz": lambda p: gnu_sparse_tar(p / "b.tar.gz", gz=True),
+        "zip": lambda p: zip_declaring(p / "b.zip"),
+    }[kind]
+    bomb = build(tmp_path).read_bytes()
+    data_dir = pg_stack.env["DIGITS_DATA_DIR"]
+    with pg_stack.client() as client:
+        routes = [
+            ("/datasets", {"name": "bomb", "image_width": "8", "image_height": "8"}, "archive"),
+            ("/pretrained-models", {}, "archive"),
+            (f"/jobs/{done_job['id']}/classify", {}, "archive"),
+            (f"/jobs/{done_job['id']}/evaluate", {}, "archive"),
+        ]
+        for path, data, field in routes:
+            before = _du(data_dir)
+            started = time.perf_counter()
+            resp = client.post(path, data=data, files={field: ("b.tar", bomb, "a/x")})
+            seconds = time.perf_counter() - started
+            grown = (_du(data_dir) - before) / 1e6
+            health = client.get("/health")
+            report(
+                f"{kind} bomb via {path.split('/')[-1]}",
+                archive_bytes=len(bomb),
+                status=resp.status_code,
+                code=resp.json().get("code"),
+                disk_growth_mb=round(grown, 1),
+                seconds=round(seconds, 2),
+            )
+            assert resp.status_code == 400, (path, resp.text[:300])
+            assert grown < 50
+            assert health.status_code == 200
+
+
+def test_a_thin_image_costs_the_model_service_no_memory_in_any_mode(
+    pg_stack: Stack, done_job: dict
+) -> None:
+    """A 1x300000 PNG (a few hundred bytes) in every resize mode, straight to the model service
+    with the job's checkpoint: its peak RSS barely moves."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 300_000), 128).save(buf, "PNG")
+    thin = buf.getvalue()
+    service = pg_stack.env["DIGITS_MODEL_SERVER_URL"]
+    model_proc = next(
+        p
+        for p in (psutil.Process(q.pid) for q in pg_stack.procs)
+        if "model-server" in " ".join(p.cmdline())
+    )
+    with pg_stack.client() as client:
+        ckpt = client.get(f"/jobs/{done_job['id']}/checkpoints").json()
+        assert ckpt
+    data_dir = pg_stack.env["DIGITS_DATA_DIR"]
+    model = f"{data_dir}/jobs/{done_job['id']}/checkpoints/best.pt"
+    growth = {}
+    with httpx.Client(base_url=service, timeout=60) as ms:
+        for mode in ("squash", "crop", "fill", "half_crop"):
+            with _PeakRss(model_proc) as rss:
+                resp = ms.post(
+                    "/classify",
+                    data={"model": model, "resize_mode": mode, "top_k": "1"},
+                    files={"images": ("thin.png", thin, "image/png")},
+                )
+            growth[mode] = rss.growth_mb
+            assert resp.status_code in (200, 400), resp.text[:200]
+    report("1x300000 PNG, model service", png_bytes=len(thin), rss_growth_mb=growth)
+    assert max(growth.values()) < 200
+
+
+def test_a_deep_info_json_is_400(pg_stack: Stack) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    weights = b"\x08" + b"\x00" * 7 + b"{}      "  # an empty safetensors file
+    with pg_stack.client() as client:
+        resp = client.post(
+            "/pretrained-models",
+            files={
+                "weights": (
+                    "weights.safetensors",
+                    b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ",
+                    "x",
+                ),
+                "info": ("info.json", deep, "application/json"),
+            },
+        )
+        report("100,000-deep info.json", status=resp.status_code, code=resp.json().get("code"))
+        assert resp.status_code == 400
+        _then_ok(client)
