@@ -226,10 +226,14 @@ def _first_start_token(settings: Settings) -> None:
         path = settings.resolved_data_dir / "admin-token"
         path.write_text(token + "\n")
         path.chmod(0o600)
+        # a fragment never reaches the server or its logs; the page posts it and strips it
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
         print(
             f"\n    First start: user 'admin' created. Its API token (also in {path}):\n"
             f"\n        {token}\n\n    Send it as `Authorization: Bearer <token>`, or "
-            f"export DIGITS_TOKEN={token} for the CLI.\n",
+            f"export DIGITS_TOKEN={token} for the CLI.\n"
+            f"\n    Web UI, signed in with one click:\n"
+            f"\n        http://{host}:{settings.port}/#token={token}\n",
             flush=True,
         )
 
