@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -118,5 +118,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _db_error(_request: Request, exc: DBAPIError) -> JSONResponse:
         if exc.connection_invalidated:
             return await _db_down(_request, exc)
+        if isinstance(exc, DataError):  # a value the database cannot store (a NUL in a string)
+            return problem(
+                400,
+                "invalid_value",
+                "Invalid input",
+                "a value cannot be stored: text may not contain NUL characters, numbers must "
+                "fit 64 bits",
+            )
         log.exception("database error")
         return problem(500, "internal_error", "Internal error", "unexpected database error")

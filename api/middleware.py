@@ -51,6 +51,11 @@ class AuthGateMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
+        if "\x00" in path or b"%00" in scope.get("query_string", b""):
+            await _reject(
+                send, 400, "invalid_value", "the URL holds a NUL character", title="Invalid input"
+            )
+            return
         if not path.startswith("/api/") or PUBLIC_ROUTES.match(path):
             await self.app(scope, receive, send)
             return

@@ -437,3 +437,14 @@ def test_a_deep_info_json_is_400(pg_stack: Stack) -> None:
         report("100,000-deep info.json", status=resp.status_code, code=resp.json().get("code"))
         assert resp.status_code == 400
         _then_ok(client)
+
+
+def test_a_nul_character_in_a_json_string_is_400(pg_stack: Stack, digits_dataset: dict) -> None:
+    with pg_stack.client() as client:
+        resp = client.post(
+            "/jobs",
+            json={"dataset_id": digits_dataset["id"], "name": "a\u0000b", "network": "lenet"},
+        )
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["code"] == "invalid_value"
+        _then_ok(client)
