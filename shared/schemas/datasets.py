@@ -91,6 +91,7 @@ class DatasetRead(BaseModel):
     error: str | None = Field(description="Why the import failed, for a person")
     progress: float = Field(ge=0, le=1)
     attempts: int = Field(default=0, description="Import attempts (a lost worker's is retried)")
+    worker: str | None = Field(default=None, description="The worker running the import")
     options: dict[str, object]
     source: dict[str, object]
     method: Literal["folder", "textfile"]

@@ -156,6 +156,7 @@ def to_read(dataset: Dataset, history: list[StatusChange]) -> DatasetRead:
         status=dataset.status,
         status_history=[StatusEntry(**lifecycle.as_entry(c)) for c in history],
         attempts=dataset.attempts,
+        worker=dataset.worker,
         error=dataset.error,
         progress=dataset.progress,
         options=dataset.options,
