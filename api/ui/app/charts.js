@@ -130,7 +130,8 @@ export function Chart({
   useEffect(() => {
     const u = plot.current;
     if (!u) return;
-    if (highlight === null || highlight === undefined) u.setSeries(null, { focus: false });
+    // uPlot: focusing series null gives every series its full alpha back
+    if (highlight === null || highlight === undefined || highlight < 0) u.setSeries(null, { focus: true });
     else u.setSeries(seriesIndexes(highlight).pop(), { focus: true });
   }, [highlight]);
 
@@ -181,7 +182,10 @@ export function Chart({
       hooks: {
         setSelect: [(u) => { if (u.select.width > 0) zoomed.current = true; }],
         setCursor: [(u) => updateLegend(u)],
-        setSeries: [(u, idx, opts) => { if (opts && opts.focus && onFocus) onFocus(smoothOn ? Math.floor((idx - 1) / 2) : idx - 1); }],
+        setSeries: [(u, idx, opts) => {
+          if (!opts || !opts.focus || !onFocus) return;
+          onFocus(idx === null || idx < 1 ? null : smoothOn ? Math.floor((idx - 1) / 2) : idx - 1);
+        }],
         draw: [(u) => drawMarkers(u, markersRef.current)],
         ready: [(u) => {
           u.over.addEventListener("dblclick", () => { zoomed.current = false; });

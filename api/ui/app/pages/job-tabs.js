@@ -105,8 +105,17 @@ export function CheckpointsTab({ job, checkpoints, onDownload, onPretrained, onC
   </table></div></div>`;
 }
 
+function useDefaultCheckpoint(checkpoints) {
+  const [ckpt, setCkpt] = useState("best");
+  // the list may arrive after the tab opens: pick best when it exists, else last
+  useEffect(() => {
+    if (checkpoints.length && !checkpoints.some((c) => c.name === ckpt)) setCkpt(checkpoints.some((c) => c.name === "best") ? "best" : checkpoints[0].name);
+  }, [checkpoints.length]);
+  return [ckpt, setCkpt];
+}
+
 export function ClassifyTab({ job, checkpoints }) {
-  const [ckpt, setCkpt] = useState(checkpoints.some((c) => c.name === "best") ? "best" : "last");
+  const [ckpt, setCkpt] = useDefaultCheckpoint(checkpoints);
   const [topK, setTopK] = useState("5");
   const [results, setResults] = useState([]);
   const [error, setError] = useState(null);
@@ -154,7 +163,7 @@ export function ClassifyTab({ job, checkpoints }) {
 }
 
 export function EvaluateTab({ job, checkpoints }) {
-  const [ckpt, setCkpt] = useState(checkpoints.some((c) => c.name === "best") ? "best" : "last");
+  const [ckpt, setCkpt] = useDefaultCheckpoint(checkpoints);
   const [source, setSource] = useState("val");
   const [topN, setTopN] = useState("9");
   const [archive, setArchive] = useState(null);
