@@ -18,7 +18,7 @@ from shared.schemas.users import (
     UserCreated,
     UserRead,
 )
-from shared.services import users as service
+from shared.services import users as users_service
 
 router = APIRouter(tags=["users"], dependencies=[Depends(get_current_user)])
 
@@ -46,8 +46,8 @@ def create_user(body: UserCreate, session: SessionDep, user: CurrentUser) -> Use
     """Create a user and their first token (admins only)."""
     if not user.is_admin:
         raise Forbidden("only admins create users", code="admin_only")
-    created = service.create_user(session, body.name, is_admin=body.is_admin)
-    row, token = service.create_token(session, created, "first token")
+    created = users_service.create_user(session, body.name, is_admin=body.is_admin)
+    row, token = users_service.create_token(session, created, "first token")
     session.commit()
     return UserCreated(
         user=UserRead.model_validate(created),
@@ -84,7 +84,7 @@ def create_token(
     session: SessionDep, user: CurrentUser, body: TokenCreate | None = None
 ) -> TokenCreated:
     """A new token; its secret is in this answer only."""
-    row, token = service.create_token(session, user, (body or TokenCreate()).name)
+    row, token = users_service.create_token(session, user, (body or TokenCreate()).name)
     session.commit()
     return TokenCreated(**TokenRead.model_validate(row).model_dump(), token=token)
 
@@ -94,7 +94,7 @@ def create_token(
 )
 def list_tokens(session: SessionDep, user: CurrentUser) -> list[TokenRead]:
     """Your tokens, without their secrets."""
-    return [TokenRead.model_validate(t) for t in service.list_tokens(session, user)]
+    return [TokenRead.model_validate(t) for t in users_service.list_tokens(session, user)]
 
 
 @router.delete(
@@ -106,6 +106,6 @@ def list_tokens(session: SessionDep, user: CurrentUser) -> list[TokenRead]:
 )
 def revoke_token(token_id: uuid.UUID, session: SessionDep, user: CurrentUser) -> Response:
     """Revoke a token: it stops working at once."""
-    service.revoke_token(session, user, token_id)
+    users_service.revoke_token(session, user, token_id)
     session.commit()
     return Response(status_code=204)

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from shared import networks
@@ -24,7 +24,6 @@ from shared.models import (
     Checkpoint,
     Dataset,
     Job,
-    JobEvent,
     JobKind,
     MetricPoint,
     Status,
@@ -48,11 +47,6 @@ from shared.schemas.jobs import (
 from shared.services import datasets as datasets_service
 from shared.services import dispatch, lifecycle
 from shared.settings import Settings
-
-
-def record_event(session: Session, job_id: uuid.UUID, kind: str, data: dict[str, Any]) -> None:
-    """Append an event to the job's ordered stream."""
-    session.add(JobEvent(job_id=job_id, kind=kind, data=data))
 
 
 def _check_network(
@@ -242,7 +236,7 @@ def list_jobs(
     per_page: int = 25,
 ) -> tuple[list[Job], int]:
     """A page of jobs, newest first, with the total count of the filter."""
-    conditions = [Job.delete_requested.is_(False)]
+    conditions: list[ColumnElement[bool]] = [Job.delete_requested.is_(False)]
     if not user.is_admin:
         conditions.append(Job.owner_id == user.id)
     if status is not None:
@@ -310,20 +304,6 @@ def clone_job(
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidInput(f"clone: {where}: {first['msg']}", code="invalid_clone") from exc
     return create_training_jobs(session, create, user, settings)
-
-
-def latest_events(
-    session: Session, job_id: uuid.UUID, after: int, limit: int = 500
-) -> list[JobEvent]:
-    """Events of a job after an id, oldest first."""
-    return list(
-        session.scalars(
-            select(JobEvent)
-            .where(JobEvent.job_id == job_id, JobEvent.id > after)
-            .order_by(JobEvent.id)
-            .limit(limit)
-        )
-    )
 
 
 def metrics(
