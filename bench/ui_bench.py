@@ -20,6 +20,7 @@ import random
 import statistics
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def seed(db_url: str, owner: uuid.UUID) -> str:
     from sqlalchemy import text
 
     from shared.db import make_engine, make_session_factory, session_scope
-    from shared.models import Job
+    from shared.models import Job, MetricPoint
     from shared.settings import Settings
 
     rng = random.Random(7)
@@ -120,7 +121,8 @@ def seed(db_url: str, owner: uuid.UUID) -> str:
         with (
             conn.cursor() as cur,
             cur.copy(
-                "COPY metric_point (job_id, name, step, epoch, value, created_at) FROM STDIN"
+                f"COPY {MetricPoint.__tablename__} (job_id, name, step, epoch, value, created_at)"
+                " FROM STDIN"
             ) as copy,
         ):
             copy.write(buf.getvalue())
@@ -154,6 +156,28 @@ def main() -> int:
         with stack.client() as client:
             owner = uuid.UUID(client.get("/users/me").json()["id"])
         group = seed(db, owner)
+        with stack.client() as client:
+            ids = [
+                j["id"]
+                for j in client.get("/jobs", params={"group": group, "per_page": 200}).json()[
+                    "items"
+                ]
+            ]
+            api_ms = {}
+            for label, path, params in (
+                (
+                    "batch_metrics",
+                    "/metrics",
+                    {"jobs": ",".join(ids), "names": ",".join(METRICS), "max_points": 1000},
+                ),
+                ("jobs_page_200", "/jobs", {"per_page": 200}),
+            ):
+                t0 = time.perf_counter()
+                resp = client.get(path, params=params)
+                api_ms[label] = round((time.perf_counter() - t0) * 1000, 1)
+                api_ms[f"{label}_kb"] = round(len(resp.content) / 1024, 1)
+                assert resp.status_code == 200, resp.text[:300]
+        report("server", **api_ms)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
             ctx = browser.new_context(viewport={"width": 1440, "height": 960}, base_url=stack.url)
@@ -183,10 +207,8 @@ def main() -> int:
                 "/api/v1/session", data={"token": stack.token}, headers={"Origin": stack.url}
             )
             page = cold.new_page()
-            page.goto(f"/compare?group={group}")
+            page.goto(f"/compare?group={group}")  # main.js imports every page module
             page.wait_for_selector(".uplot canvas", timeout=60_000)
-            page.goto("/")
-            page.wait_for_selector("[data-testid=jobs-table] tbody tr")
             entries = page.evaluate(
                 "performance.getEntriesByType('resource').filter(r => r.name.endsWith('.js'))"
                 ".map(r => [r.name, r.encodedBodySize, r.decodedBodySize])"

@@ -72,9 +72,17 @@ export function HomePage() {
   const [sparks, setSparks] = useState({});
   const lastClick = useRef(null);
   const sparkData = useRef({});
+  const firstShown = useRef(false);
 
   const reload = async () => {
     try {
+      if (!firstShown.current) {
+        firstShown.current = true;
+        // a first screenful at once; the full list follows in pages of 200
+        const first = await api(`/jobs?per_page=${PER_PAGE}`);
+        setJobs((old) => old || first.items);
+        setTotal(first.total);
+      }
       const [js, ds] = await Promise.all([
         allPages("/jobs", { perPage: 200, onPage: (items, t) => { setJobs(items); setTotal(t); } }),
         allPages("/datasets", { perPage: 200 }),
