@@ -18,6 +18,23 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default=Path("data"), description="Datasets, jobs, broker files, uploads"
     )
+    storage_url: str = Field(
+        default="",
+        description="Where artifacts live: empty for the data folder, or s3://bucket/prefix",
+    )
+    storage_endpoint: str = Field(
+        default="", description="S3 endpoint URL (MinIO, Ceph, R2); empty: AWS's"
+    )
+    storage_region: str = Field(default="", description="S3 region; empty: from AWS_REGION")
+    storage_access_key_id: str = Field(default="", description="empty: AWS_ACCESS_KEY_ID etc.")
+    # not a SecretStr: the settings travel to training children as JSON and must survive it
+    storage_secret_access_key: str = Field(default="", repr=False)
+    storage_timeout: float = Field(
+        default=3600.0, gt=0, description="longest transfer of one object (s)"
+    )
+    cache_dir: Path | None = Field(
+        default=None, description="This host's cache of downloaded artifacts; data_dir/cache"
+    )
     database_url: str = Field(default="", description="Empty: SQLite file under data_dir")
     broker_url: str = Field(default="", description="Empty: kombu filesystem broker under data_dir")
     broker_prefix: str = Field(default="", description="Redis key prefix (one per deployment)")
@@ -130,6 +147,13 @@ class Settings(BaseSettings):
     def resolved_data_dir(self) -> Path:
         """The data directory as an absolute path."""
         return self.data_dir.expanduser().resolve()
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        """This host's cache of downloaded artifacts, as an absolute path."""
+        if self.cache_dir is not None:
+            return self.cache_dir.expanduser().resolve()
+        return self.resolved_data_dir / "cache"
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
-from shared import storage
+from shared import artifacts
 from shared.db import session_scope, utcnow
 from shared.gpus import detect_gpus
 from shared.models import Job, Status, Worker
@@ -112,12 +112,10 @@ class Heartbeat:
         with session_scope(ctx.sessions) as session:
             sweep = dispatch.reap(session, ctx.settings)
         for subject, row_id in sweep.purged:
-            folder = (
-                storage.job_dir(ctx.settings, row_id)
-                if subject == "job"
-                else storage.dataset_dir(ctx.settings, row_id)
-            )
-            storage.remove_tree(folder)
+            if subject == "job":
+                artifacts.remove_job(ctx.settings, row_id)
+            else:
+                artifacts.remove_dataset(ctx.settings, row_id)
         if sweep.sent or sweep.requeued or sweep.gave_up or sweep.purged:
             log.info(
                 "reaper on %s: requeued %d, gave up %d, sent %d, purged %d",

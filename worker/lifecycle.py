@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from shared import storage
+from shared import artifacts
 from shared.db import session_scope
 from shared.models import Job, Status
 from shared.services import dispatch, lifecycle
@@ -235,10 +235,8 @@ def record(model: lifecycle.Work, row_id: uuid.UUID, attempt: int, outcome: Outc
         if deleted and moved:
             dispatch.purge(session, model, row_id)
     if deleted and moved:
-        folder = (
-            storage.job_dir(ctx.settings, row_id)
-            if model is Job
-            else storage.dataset_dir(ctx.settings, row_id)
-        )
-        storage.remove_tree(folder)
+        if model is Job:
+            artifacts.remove_job(ctx.settings, row_id)
+        else:
+            artifacts.remove_dataset(ctx.settings, row_id)
         log.info("%s=%s deleted while it ran: removed", lifecycle.subject_of(model), row_id)

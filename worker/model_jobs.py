@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from shared import archives, dataset_store, images, storage
+from shared import archives, artifacts, dataset_store, images, storage
 from shared.db import session_scope
 from shared.models import Checkpoint, Status
 from worker import context, lifecycle
@@ -31,12 +31,37 @@ def _checkpoint_path(running: lifecycle.Running) -> Path:
                 Checkpoint.name == request["checkpoint"],
             )
         )
-        if row is None or not Path(row.path).exists():
-            raise ModelJobError(
-                f"the checkpoint {request['checkpoint']!r} of job {request['source_job_id']} "
-                "is gone (was the job deleted?)"
-            )
-        return Path(row.path)
+        ref = row.path if row is not None else None
+    store = artifacts.get_store(ctx.settings)
+    try:
+        if ref is None:
+            raise FileNotFoundError
+        return store.fetch(ref)  # with a bucket, this host's cached copy
+    except (FileNotFoundError, artifacts.InvalidKey):
+        raise ModelJobError(
+            f"the checkpoint {request['checkpoint']!r} of job {request['source_job_id']} "
+            "is gone (was the job deleted?)"
+        ) from None
+
+
+def _inputs(job_id: uuid.UUID) -> Path:
+    """The job's folder here, holding what the API stored for it (with a bucket, fetched)."""
+    ctx = context.get()
+    folder = storage.job_dir(ctx.settings, job_id)
+    store = artifacts.get_store(ctx.settings)
+    if not store.local:
+        storage.remove_tree(folder)
+        store.fetch_tree(artifacts.job_prefix(job_id), folder)
+    return folder
+
+
+def _store_results(job_id: uuid.UUID, folder: Path, names: list[str]) -> None:
+    """Put the result files where the API reads them (already there in the data folder)."""
+    store = artifacts.get_store(context.get().settings)
+    if not store.local:
+        for name in names:
+            store.put_file(f"{artifacts.job_prefix(job_id)}/{name}", folder / name)
+        storage.remove_tree(folder)
 
 
 class ModelJobError(ValueError):
@@ -64,7 +89,7 @@ def run_inference(running: lifecycle.Running) -> lifecycle.Outcome:
 
     ctx = context.get()
     request = running.row.request
-    folder = storage.job_dir(ctx.settings, running.id)
+    folder = _inputs(running.id)
     model = inference.load_checkpoint(_checkpoint_path(running), "cpu")
     running.check()
     sources: list[tuple[str, Path]] = []
@@ -124,6 +149,7 @@ def run_inference(running: lifecycle.Running) -> lifecycle.Outcome:
             _progress(running, start + len(chunk), len(sources))
     os.replace(tmp, folder / "results.jsonl")
     storage.remove_tree(folder / "extracted")
+    _store_results(running.id, folder, ["results.jsonl"])
     point = {"step": 0, "epoch": 0.0}
     return lifecycle.Outcome(
         Status.DONE,
@@ -142,14 +168,14 @@ def run_evaluation(running: lifecycle.Running) -> lifecycle.Outcome:
 
     ctx = context.get()
     request = running.row.request
-    folder = storage.job_dir(ctx.settings, running.id)
+    folder = _inputs(running.id)
     folder.mkdir(parents=True, exist_ok=True)
     model = inference.load_checkpoint(_checkpoint_path(running), "cpu")
     running.check()
     split = request.get("split", "val")
     dataset_id = request.get("dataset_id")
     if dataset_id:
-        dataset_dir = storage.dataset_dir(ctx.settings, uuid.UUID(dataset_id))
+        dataset_dir = artifacts.local_dataset(ctx.settings, uuid.UUID(dataset_id))
     else:
         try:
             dataset_dir = _import_archive(folder, model, request["resize_mode"], running)
@@ -193,6 +219,7 @@ def run_evaluation(running: lifecycle.Running) -> lifecycle.Outcome:
         "image_base": base,
     }
     storage.atomic_write(folder / "predictions.json", json.dumps(cells).encode())
+    _store_results(running.id, folder, ["evaluation.json", "predictions.json"])
     point = {"step": 0, "epoch": 0.0}
     return lifecycle.Outcome(
         Status.DONE,

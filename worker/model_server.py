@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared import artifacts
 from shared.models.enums import ResizeMode
 from shared.schemas.models import (
     ModelCheckpoint,
@@ -116,6 +117,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The model service's ASGI app."""
     settings = settings or Settings()
     root = Path(os.path.realpath(settings.resolved_data_dir))
+    store = artifacts.get_store(settings)
+    scratch = settings.resolved_cache_dir / "model-service"
     device = settings.model_server_device or ("cuda" if torch.cuda.is_available() else "cpu")
     limits = inference.ModelLimits(weights_bytes=settings.pretrained_max_weights_bytes)
     cache = ModelCache(settings.model_cache_size, device, limits)
@@ -148,7 +151,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return handler
 
     def inside(raw: str, field: str) -> Path:
-        """A path from the API, checked to name something inside the data directory."""
+        """A ref from the API (a path in the data directory, or a storage key), checked, as a
+        local file or folder to read (with a bucket, fetched: call it off the event loop)."""
+        checked = ref_of(raw, field)
+        if store.local:
+            return Path(checked)
+        try:
+            return artifacts.fetch_any(store, checked, scratch)
+        except FileNotFoundError:
+            return scratch / "missing" / Path(checked).name  # the caller says what is missing
+        except artifacts.StorageUnavailable as exc:
+            raise ServiceError(503, "storage_unavailable", str(exc)) from None
+
+    def target(raw: str, field: str) -> Path:
+        """Where to write what the API will find at the ref (then `artifacts.publish`)."""
+        return artifacts.output_path(store, ref_of(raw, field), scratch)
+
+    def ref_of(raw: str, field: str) -> str:
+        """A ref from the API, checked to name something inside the data directory."""
         if "\x00" in raw:
             raise ServiceError(400, "invalid_path", f"{field}: a path cannot hold a NUL byte")
         try:
@@ -159,10 +179,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             raise ServiceError(
                 400, "invalid_path", f"{field}: a name in the path exceeds {MAX_NAME_BYTES} bytes"
             )
-        path = Path(os.path.realpath(raw))
+        if not store.local:
+            try:
+                return store.key(raw)
+            except artifacts.InvalidKey:
+                raise ServiceError(400, "invalid_path", f"{field} is not a storage key") from None
+        path = Path(os.path.realpath(raw if os.path.isabs(raw) else root / raw))
         if root != path and root not in path.parents:
             raise ServiceError(400, "invalid_path", f"{field} is outside the data directory")
-        return path
+        return str(path)
 
     async def json_body(request: Request, schema: type[M]) -> M:
         """The request's JSON body as `schema`, refused with the field at fault."""
@@ -275,7 +300,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def classify(request: Request) -> Response:
         form = await read_form(request)
         try:
-            model_path, resize_mode, k, uploads = classify_form(form)
+            model_path, resize_mode, k, uploads = await run_in_threadpool(classify_form, form)
             payload = [(f.filename or f"image-{i}", await f.read()) for i, f in enumerate(uploads)]
         finally:
             await form.close()
@@ -286,10 +311,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @guarded
     async def export(request: Request) -> Response:
         body = await json_body(request, ModelServiceExport)
-        model_path = inside(body.model, "model")
-        out = inside(body.out, "out")
 
         def run() -> dict[str, Any]:
+            model_path = inside(body.model, "model")
+            out = target(body.out, "out")
+            try:
+                return write(model_path, out)
+            finally:
+                artifacts.discard_scratch(out, scratch)
+
+        def write(model_path: Path, out: Path) -> dict[str, Any]:
             try:
                 model = load_fresh(model_path, limits)  # moved between devices: not the cached one
             except (inference.ModelFileError, FileNotFoundError, NotADirectoryError) as exc:
@@ -310,7 +341,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 except inference.ModelFileError as exc:
                     raise ServiceError(409, "model_unavailable", str(exc)) from None
                 pack(folder, out, body.format)
-            return {"path": str(out), "size": out.stat().st_size}
+            size = out.stat().st_size
+            artifacts.publish(store, body.out, out)
+            return {"path": body.out, "size": size}
 
         return JSONResponse(await run_in_threadpool(run))
 
@@ -318,10 +351,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def pretrained(request: Request) -> Response:
         """Validate an unpacked model (or write one from a checkpoint) into `out_dir`."""
         body = await json_body(request, ModelServicePretrained)
-        source = inside(body.source, "source")
-        out_dir = inside(body.out_dir, "out_dir")
 
         def run() -> dict[str, Any]:
+            source = inside(body.source, "source")
+            out_dir = target(body.out_dir, "out_dir")
+            try:
+                return write(source, out_dir)
+            finally:
+                artifacts.discard_scratch(source, scratch)
+                artifacts.discard_scratch(out_dir, scratch)
+
+        def write(source: Path, out_dir: Path) -> dict[str, Any]:
             try:
                 if source.is_dir():
                     model, upload = inference.load_model_dir(source, "cpu", limits)
@@ -344,6 +384,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 raise ServiceError(400, "invalid_model", str(exc)) from None
             # the starting weights of fine-tuning jobs, as a weights_only-loadable state dict
             torch.save({"model": model.classifier.net.state_dict()}, out_dir / "init.pt")
+            artifacts.publish(store, body.out_dir, out_dir)
             return info.model_dump(mode="json")
 
         return JSONResponse(await run_in_threadpool(run))

@@ -6,9 +6,12 @@ worker that runs it (`worker.lifecycle`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,12 +19,14 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import artifacts
 from shared.db import session_scope, utcnow
 from shared.models import Checkpoint, Job, JobEvent, MetricPoint, Worker
 
 log = logging.getLogger("digits.worker.reporter")
 
 LOWER_IS_BETTER = ("loss",)
+LOG_UPLOAD_INTERVAL = 2.0  # s; the live log also rides on the job's event stream
 
 
 def _better(name: str, new: float, old: float) -> bool:
@@ -43,7 +48,13 @@ class DbReporter:
         last: dict[str, Any] | None = None,
         worker: str | None = None,
         keep: int = 5,
+        store: artifacts.ArtifactStore | None = None,
+        log_file: Path | None = None,
     ) -> None:
+        # a bucket to upload checkpoints and the log to (None: they are in the data folder)
+        self.store = store if store is not None and not store.local else None
+        self.log_file = log_file
+        self._log_uploaded = (0, 0.0)  # size, when
         self.worker = worker
         self.keep = keep
         self._position: tuple[int, float] = (0, 0.0)
@@ -83,6 +94,16 @@ class DbReporter:
             self._live = dict(values)
 
     def checkpoint_saved(self, info: Any) -> None:
+        if self.store is not None:
+            # a hard link freezes this version (the engine replaces the name on its next
+            # save) without copying in the training loop; the thread uploads it
+            path = Path(info.path)
+            staged = path.with_name(f".upload-{path.stem}-{info.step}-{uuid.uuid4().hex[:8]}.pt")
+            try:
+                os.link(path, staged)
+            except OSError:
+                shutil.copyfile(path, staged)
+            info = dataclasses.replace(info, path=staged)
         with self._lock:
             self._checkpoints.append(info)
 
@@ -137,6 +158,9 @@ class DbReporter:
             lines, self._log_lines = self._log_lines, []
             offset = self._log_offset
         try:
+            if self.store is not None:  # the objects first: a row names only what is stored
+                for info in checkpoints:
+                    self.store.put_file(self._key(info.name), Path(info.path))
             self._write(points, progress, checkpoints, live, (lines, offset))
         except BaseException:
             with self._lock:  # put them back, in order, for the next try
@@ -146,6 +170,29 @@ class DbReporter:
                 if self._progress is None:
                     self._progress = progress
             raise
+        if self.store is not None:
+            for info in checkpoints:
+                Path(info.path).unlink(missing_ok=True)
+            self._upload_log()
+
+    def _key(self, name: str) -> str:
+        return artifacts.checkpoint_key(self.job_id, name)
+
+    def _upload_log(self) -> None:
+        """Copy the job's log to the bucket when it grew (every few seconds, and at the end)."""
+        if self.store is None or self.log_file is None:
+            return
+        size, when = self._log_uploaded
+        now = time.monotonic()
+        try:
+            current = self.log_file.stat().st_size
+            if current == size or (now - when < LOG_UPLOAD_INTERVAL and not self._closing.is_set()):
+                return
+            data = self.log_file.read_bytes()
+            self.store.put_bytes(f"{artifacts.job_prefix(self.job_id)}/job.log", data)
+            self._log_uploaded = (len(data), now)
+        except Exception as exc:  # the log is for people; training goes on
+            log.warning("job=%s log upload failed: %s", self.job_id, exc)
 
     def _write(
         self,
@@ -246,12 +293,21 @@ class DbReporter:
             .order_by(Checkpoint.step.desc())
         ).all()
         for row in rows[self.keep :]:
-            Path(row.path).unlink(missing_ok=True)
+            if self.store is not None:
+                self.store.delete(row.path)
+                if self.log_file is not None:
+                    (self.log_file.parent / "checkpoints" / f"{row.name}.pt").unlink(
+                        missing_ok=True
+                    )
+            else:
+                Path(row.path).unlink(missing_ok=True)
             session.delete(row)
 
     def _save_checkpoint(self, session: Session, info: Any) -> None:
         path = Path(info.path)
         size = path.stat().st_size if path.exists() else 0
+        if self.store is not None:  # rows record the key, which every host can read
+            path = Path(self.store.ref(self._key(info.name)))
         row = session.scalar(
             select(Checkpoint).where(Checkpoint.job_id == self.job_id, Checkpoint.name == info.name)
         )

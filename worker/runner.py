@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from shared import storage
+from shared import artifacts, storage
 from shared.db import make_engine, make_session_factory, session_scope
 from shared.logging import configure_logging
 from shared.models import Checkpoint, Job, MetricPoint, Status
@@ -83,6 +83,18 @@ def train_job(running: lifecycle.Running) -> lifecycle.Outcome:
             plan = make_plan(session, ctx.settings, job)
         except ValueError as exc:
             return lifecycle.Outcome(Status.ERROR, str(exc))
+        dataset_id = job.dataset_id
+    store = artifacts.get_store(ctx.settings)
+    if not store.local:
+        # this host's cached copy (downloaded once per host), outside the database session
+        assert dataset_id is not None
+        try:
+            folder = artifacts.local_dataset(ctx.settings, dataset_id)
+        except FileNotFoundError:
+            return lifecycle.Outcome(Status.ERROR, "the dataset's files are gone from storage")
+        except artifacts.StorageUnavailable as exc:
+            return _after_storage_failure(running.attempt, exc)
+        plan = plan.model_copy(update={"dataset_dir": str(folder)})
     if plan.world_size > ctx.devices:
         return lifecycle.Outcome(
             Status.ERROR,
@@ -121,10 +133,15 @@ def train_job(running: lifecycle.Running) -> lifecycle.Outcome:
         child.start()
         _current_child.append(child)
     sender.close()
+    stopped: str | None = "lost"
     try:
         stopped = _wait(children, running, ctx.settings.max_job_seconds)
     finally:
         _current_child.clear()
+        # with a bucket, everything is uploaded and this folder was scratch; unless the lease
+        # was lost, when another worker on this host may be using it already
+        if not store.local and stopped != "lost":
+            storage.remove_tree(Path(plan.out_dir))
     outcome = None
     if receiver.poll():
         try:
@@ -208,6 +225,14 @@ def _after_crash(attempt: int, exitcode: int | None) -> lifecycle.Outcome:
     )
 
 
+def _after_storage_failure(attempt: int, exc: Exception) -> lifecycle.Outcome:
+    """The storage did not answer: requeue within the restart budget, else end in error."""
+    ctx = context.get()
+    if attempt >= ctx.settings.max_attempts:
+        return lifecycle.Outcome(Status.ERROR, f"gave up after {attempt} attempts: {exc}")
+    return lifecycle.Outcome(Status.WAITING, f"requeued: {exc}")
+
+
 def _head_free(network: dict[str, Any]) -> dict[str, Any]:
     """A network whose last linear layer is sized by the new dataset (a fresh head)."""
     network = dict(network)
@@ -226,10 +251,11 @@ def make_plan(session: Any, settings: Settings, job: Job) -> TrainingPlan:
         from shared.models import PretrainedModel
 
         model = session.get(PretrainedModel, uuid.UUID(network["model_id"]))
-        init = storage.pretrained_dir(settings, model.id) / "init.pt" if model else None
-        if model is None or init is None or not init.exists():
+        store = artifacts.get_store(settings)
+        init = store.ref(f"{artifacts.pretrained_prefix(model.id)}/init.pt") if model else None
+        if model is None or init is None or not store.exists(init):
             raise ValueError("the pretrained model is gone")
-        init_checkpoint = str(init)
+        init_checkpoint = init
         network = _head_free(model.network)
     elif network["kind"] == "previous":
         source = session.get(Job, uuid.UUID(network["job_id"]))
@@ -244,7 +270,7 @@ def make_plan(session: Any, settings: Settings, job: Job) -> TrainingPlan:
             if source
             else None
         )
-        if source is None or row is None or not Path(row.path).exists():
+        if source is None or row is None or not artifacts.get_store(settings).exists(row.path):
             raise ValueError(f"the previous job's checkpoint {name!r} is gone")
         init_checkpoint = row.path
         network = _head_free(source.request["network"])
@@ -262,7 +288,9 @@ def make_plan(session: Any, settings: Settings, job: Job) -> TrainingPlan:
         out_dir=str(storage.job_dir(settings, job.id)),
         init_checkpoint=init_checkpoint,
         resume_candidates=[
-            CheckpointRef(path=r.path, step=r.step) for r in rows if Path(r.path).exists()
+            CheckpointRef(path=r.path, step=r.step)
+            for r in rows
+            if artifacts.get_store(settings).exists(r.path)
         ],
         world_size=int(request.get("gpus") or 1),
         keep_snapshots=settings.keep_snapshots,
@@ -295,17 +323,42 @@ def _watch_parent(worker_pid: int) -> None:
             os._exit(3)
 
 
-def _pick_resume(candidates: list[CheckpointRef]) -> tuple[Path | None, int]:
-    """The newest recorded checkpoint whose file holds the step its row says."""
+def _pick_resume(
+    candidates: list[CheckpointRef], store: artifacts.ArtifactStore
+) -> tuple[Path | None, int]:
+    """The newest recorded checkpoint whose file holds the step its row says (from the
+    storage: after a lost host, another host resumes from what the lost one uploaded)."""
     from worker.training import checkpoint as ckpt
 
     for ref in candidates:
         try:
-            if int(ckpt.load(Path(ref.path))["step"]) == ref.step:
-                return Path(ref.path), ref.step
+            path = store.fetch(ref.path)
+            if int(ckpt.load(path)["step"]) == ref.step:
+                return path, ref.step
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             log.warning("cannot resume from %s: %s", Path(ref.path).name, exc)
     return None, -1
+
+
+def _local(store: artifacts.ArtifactStore, ref: str | None) -> Path | None:
+    """A local file with the checkpoint to start from; a missing one stays a path that the
+    engine reports as unreadable."""
+    if ref is None:
+        return None
+    try:
+        return store.fetch(ref)
+    except FileNotFoundError:
+        return Path(ref)
+
+
+def _restore_log(store: artifacts.ArtifactStore, key: str, path: Path) -> None:
+    """A job resumed on another host continues the log its earlier attempts uploaded."""
+    try:
+        stored = store.stat(key).size
+    except FileNotFoundError:
+        return
+    if not path.exists() or path.stat().st_size < stored:
+        storage.atomic_write(path, store.get_bytes(key))
 
 
 def _forget_after(sessions: Any, job_id: uuid.UUID, step: int) -> None:
@@ -347,6 +400,10 @@ def child_main(
     out_dir = Path(plan.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(settings.log_level)
+    store = artifacts.get_store(settings)
+    log_key = f"{artifacts.job_prefix(job_id)}/job.log"
+    if not store.local:
+        _restore_log(store, log_key, out_dir / "job.log")
     handler = logging.FileHandler(out_dir / "job.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger().addHandler(handler)
@@ -358,7 +415,7 @@ def child_main(
     from worker.telemetry import Sampler
     from worker.training.engine import TrainingError, TrainSpec, train
 
-    resume, step = _pick_resume(plan.resume_candidates)
+    resume, step = _pick_resume(plan.resume_candidates, store)
     if resume is not None:
         _forget_after(sessions, job_id, step)
         log.info("job=%s resuming from %s at step %d", job_id, resume.name, step)
@@ -370,7 +427,14 @@ def child_main(
         job = session.get(Job, job_id)
         best, last = (dict(job.best or {}), dict(job.last or {})) if job else ({}, {})
     reporter = DbReporter(
-        sessions, job_id, best=best, last=last, worker=worker_name, keep=plan.keep_snapshots
+        sessions,
+        job_id,
+        best=best,
+        last=last,
+        worker=worker_name,
+        keep=plan.keep_snapshots,
+        store=None if store.local else store,
+        log_file=out_dir / "job.log",
     )
     # after the file handler, so a line is on disk (and counted in the offset) when it is sent
     forwarder = LogForwarder(reporter, handler)
@@ -392,7 +456,7 @@ def child_main(
         hyper=plan.hyper,
         out_dir=out_dir,
         device=device,
-        init_checkpoint=Path(plan.init_checkpoint) if plan.init_checkpoint else None,
+        init_checkpoint=_local(store, plan.init_checkpoint),
         resume_checkpoint=resume,
         rank=0,
         world_size=plan.world_size,
@@ -491,14 +555,15 @@ def _follower(
     _init_distributed(device, dist)
     from worker.training.engine import TrainSpec, train
 
-    resume, _step = _pick_resume(plan.resume_candidates)
+    store = artifacts.get_store(settings)
+    resume, _step = _pick_resume(plan.resume_candidates, store)
     spec = TrainSpec(
         dataset_dir=Path(plan.dataset_dir),
         network=plan.network,
         hyper=plan.hyper,
         out_dir=Path(plan.out_dir),
         device=f"cuda:{dist['rank']}" if device == "cuda" else device,
-        init_checkpoint=Path(plan.init_checkpoint) if plan.init_checkpoint else None,
+        init_checkpoint=_local(store, plan.init_checkpoint),
         resume_checkpoint=resume,
         rank=dist["rank"],
         world_size=dist["world_size"],

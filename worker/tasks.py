@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import shared_task
 
-from shared import storage
+from shared import artifacts
 from shared.archives import UnsafeArchive
 from shared.models import Dataset, Job, Status
 from shared.queue import EVALUATE, IMPORT_DATASET, INFER, TRAIN
@@ -79,7 +79,7 @@ def import_dataset(dataset_id: str) -> None:
     if outcome is not None and outcome.status != Status.DONE and not outcome.lost:
         # aborted or failed: its files must not outlive it (a lost lease leaves them to the
         # worker that holds it now)
-        storage.remove_tree(storage.dataset_dir(context.get().settings, ds_id))
+        artifacts.remove_dataset(context.get().settings, ds_id)
 
 
 @shared_task(name=TRAIN, ignore_result=True)

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from pydantic import Field
 
 from api.deps import CurrentUser, SessionDep, SettingsDep, get_current_user
-from shared import archives, dataset_store, storage
+from shared import archives, artifacts, dataset_store, storage
 from shared.errors import Forbidden, InvalidInput, NotFound
 from shared.models import Status, User
 from shared.schemas.common import PROBLEM_RESPONSES, Page, Problem
@@ -42,6 +42,8 @@ class _Upload:
     """Uploaded files of one request, saved under the new dataset's folder."""
 
     def __init__(self, settings: Settings, dataset_id: uuid.UUID) -> None:
+        self.settings = settings
+        self.dataset_id = dataset_id
         self.dir = storage.dataset_uploads_dir(settings, dataset_id)
         self.root = storage.dataset_dir(settings, dataset_id)
 
@@ -53,8 +55,15 @@ class _Upload:
             shutil.copyfileobj(upload.file, out, 1024 * 1024)
         return target
 
+    def publish(self) -> None:
+        """With a bucket, the checked uploads go there for the importing worker (any host)."""
+        store = artifacts.get_store(self.settings)
+        if not store.local and self.dir.is_dir():
+            store.put_tree(f"{artifacts.dataset_prefix(self.dataset_id)}/uploads", self.dir)
+            storage.remove_tree(self.root)
+
     def discard(self) -> None:
-        storage.remove_tree(self.root)
+        artifacts.remove_dataset(self.settings, self.dataset_id)
 
 
 def _server_folder(settings: Settings, raw: str, field: str) -> Path:
@@ -186,6 +195,7 @@ def create_dataset(
     upload = _Upload(settings, dataset_id)
     try:
         source = _collect_sources(upload, settings, opts, form)
+        upload.publish()
         dataset = datasets_service.create_dataset(
             session, dataset_id, opts, source.model_dump(mode="json"), user
         )
@@ -331,14 +341,24 @@ def delete_dataset(
     gone = datasets_service.request_delete(session, dataset_id, user)
     session.commit()
     if gone:
-        storage.remove_tree(storage.dataset_dir(settings, dataset_id))
+        artifacts.remove_dataset(settings, dataset_id)
     log.info("dataset=%s deleted", dataset_id)
     return Response(status_code=204)
 
 
 def _done_dir(session: SessionDep, settings: Settings, dataset_id: uuid.UUID, user: User) -> Path:
     dataset = datasets_service.get_ready_dataset(session, dataset_id, user)
-    return storage.dataset_dir(settings, dataset.id)
+    return _local_folder(settings, dataset.id)
+
+
+def _local_folder(settings: Settings, dataset_id: uuid.UUID) -> Path:
+    """The dataset's folder here (with a bucket, this host's cached copy)."""
+    try:
+        return artifacts.local_dataset(settings, dataset_id)
+    except FileNotFoundError as exc:
+        raise NotFound(
+            f"dataset {dataset_id}'s files are gone from storage", code="dataset_files_missing"
+        ) from exc
 
 
 @router.get(
@@ -352,6 +372,14 @@ def get_mean_image(
     dataset_id: uuid.UUID, session: SessionDep, user: CurrentUser, settings: SettingsDep
 ) -> Response:
     """The mean training image as PNG (what mean subtraction removes)."""
+    store = artifacts.get_store(settings)
+    if not store.local:  # one small object, not the whole dataset into this host's cache
+        dataset = datasets_service.get_ready_dataset(session, dataset_id, user)
+        try:
+            key = f"{artifacts.dataset_prefix(dataset.id)}/{dataset_store.MEAN_PNG}"
+            return Response(store.get_bytes(key), media_type="image/png")
+        except FileNotFoundError:
+            pass
     folder = _done_dir(session, settings, dataset_id, user)
     return Response(dataset_store.mean_png_bytes(folder), media_type="image/png")
 
@@ -381,7 +409,7 @@ def list_samples(
         raise InvalidInput(
             f"label {label} does not exist (0..{len(classes) - 1})", code="invalid_label"
         )
-    folder = storage.dataset_dir(settings, dataset.id)
+    folder = _local_folder(settings, dataset.id)
     reader = _reader(folder, split)
     labels = reader.labels
     indices = range(len(labels)) if label is None else (labels == label).nonzero()[0]

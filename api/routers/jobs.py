@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -12,7 +11,7 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from api.deps import CurrentUser, SessionDep, SettingsDep, get_current_user
 from api.streams import sse_response
-from shared import storage
+from shared import artifacts
 from shared.errors import InvalidInput
 from shared.models import Status
 from shared.schemas.common import PROBLEM_RESPONSES, Page, Problem
@@ -184,7 +183,7 @@ def delete_job(
     gone = jobs_service.request_delete(session, job_id, user)
     session.commit()
     if gone:
-        storage.remove_tree(storage.job_dir(settings, job_id))
+        artifacts.remove_job(settings, job_id)
     return Response(status_code=204)
 
 
@@ -276,24 +275,25 @@ def get_logs(
 ) -> PlainTextResponse:
     """The training log as text; `offset` follows it (the next offset is in `X-Log-Offset`)."""
     jobs_service.get_job(session, job_id, user)
-    path: Path = storage.job_dir(settings, job_id) / "job.log"
     if offset is not None and tail is not None:
         raise InvalidInput("give tail or offset, not both", code="invalid_log_range")
-    size = path.stat().st_size if path.exists() else 0
+    # the data folder's file, or the bucket's copy (uploaded every few seconds while it runs)
+    store = artifacts.get_store(settings)
+    key = f"{artifacts.job_prefix(job_id)}/job.log"
+    try:
+        size = store.stat(key).size
+    except FileNotFoundError:
+        size = 0
     if offset is not None:
         start = min(offset, size)
-        data = b""
-        if path.exists():
-            with open(path, "rb") as fh:
-                fh.seek(start)
-                data = fh.read(LOG_CHUNK)
+        data = store.read_range(key, start, LOG_CHUNK) if size else b""
         # whole lines only, so a follower never sees half of one (unless one line fills a chunk)
         cut = data.rfind(b"\n") + 1
         data = data if cut == 0 and len(data) == LOG_CHUNK else data[:cut]
         return PlainTextResponse(
             data.decode(errors="replace"), headers={"X-Log-Offset": str(start + len(data))}
         )
-    text = path.read_text(errors="replace") if path.exists() else ""
+    text = store.get_bytes(key).decode(errors="replace") if size else ""
     if tail is not None:
         text = "\n".join(text.splitlines()[-tail:]) + ("\n" if text else "")
     return PlainTextResponse(text, headers={"X-Log-Offset": str(size)})

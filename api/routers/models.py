@@ -13,11 +13,11 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import CurrentUser, SessionDep, SettingsDep, get_current_user
-from shared import archives, storage
+from shared import archives, artifacts, storage
 from shared.errors import Conflict, DomainError, InvalidInput, NotFound, ServiceUnavailable
 from shared.models import JobKind, Status
 from shared.schemas.common import PROBLEM_RESPONSES, Problem
@@ -162,11 +162,12 @@ def classify(
                     raise InvalidInput(f"archive: {exc}", code=exc.code) from exc
             for i, image in enumerate(images):
                 _save(image, folder / f"{i:07d}-{_safe_name(image.filename, 'image')}")
+            _publish_inputs(settings, infer.id, folder.parent)
             read = jobs_service.read(session, infer)
-            session.commit()  # the job's message leaves now, after its inputs are on disk
+            session.commit()  # the job's message leaves now, after its inputs are stored
         except BaseException:
             session.rollback()
-            storage.remove_tree(folder.parent)
+            artifacts.remove_job(settings, infer.id)
             raise
         return JSONResponse(read.model_dump(mode="json"), status_code=202)
     files = []
@@ -197,8 +198,17 @@ def classify(
     )
 
 
-def _results_path(settings: Settings, job_id: uuid.UUID, name: str) -> Path:
-    return storage.job_dir(settings, job_id) / name
+def _publish_inputs(settings: Settings, job_id: uuid.UUID, folder: Path) -> None:
+    """With a bucket, a model job's uploaded inputs go there for its worker (any host)."""
+    store = artifacts.get_store(settings)
+    if not store.local:
+        store.put_tree(artifacts.job_prefix(job_id), folder)
+        storage.remove_tree(folder)
+
+
+def _result(settings: Settings, job_id: uuid.UUID, name: str) -> bytes:
+    """A file a model job wrote (from the data folder or the bucket)."""
+    return artifacts.get_store(settings).get_bytes(f"{artifacts.job_prefix(job_id)}/{name}")
 
 
 @router.get(
@@ -233,11 +243,11 @@ def get_results(
             f"job {job_id} is {job.status}; results come when it is done", code="results_not_ready"
         )
     if job.kind == JobKind.EVALUATE:
-        data = json.loads(_results_path(settings, job.id, "evaluation.json").read_text())
+        data = json.loads(_result(settings, job.id, "evaluation.json"))
         return EvaluationResults.model_validate(data)
     rows = [
         json.loads(line)
-        for line in _results_path(settings, job.id, "results.jsonl").read_text().splitlines()
+        for line in _result(settings, job.id, "results.jsonl").decode().splitlines()
         if line
     ]
     if format == "csv":
@@ -290,13 +300,12 @@ def get_cell(
         raise Conflict(
             f"job {job_id} is {job.status}; results come when it is done", code="results_not_ready"
         )
-    folder = storage.job_dir(settings, job.id)
-    classes = json.loads((folder / "evaluation.json").read_text())["classes"]
+    classes = json.loads(_result(settings, job.id, "evaluation.json"))["classes"]
     if true >= len(classes) or pred >= len(classes):
         raise InvalidInput(
             f"class indices go from 0 to {len(classes) - 1}", code="invalid_class_index"
         )
-    cells = json.loads((folder / "predictions.json").read_text())
+    cells = json.loads(_result(settings, job.id, "predictions.json"))
     chosen = [
         (p, i)
         for i, (t, q, p) in enumerate(
@@ -381,11 +390,12 @@ def evaluate(
                 archives.inspect_archive(path, archives.ArchiveLimits.from_settings(settings))
             except archives.UnsafeArchive as exc:
                 raise InvalidInput(f"archive: {exc}", code=exc.code) from exc
+            _publish_inputs(settings, evaluation.id, folder)
         read = jobs_service.read(session, evaluation)
         session.commit()
     except BaseException:
         session.rollback()
-        storage.remove_tree(folder)
+        artifacts.remove_job(settings, evaluation.id)
         raise
     return read
 
@@ -418,7 +428,7 @@ def download(
             description="Comma-separated: torchscript, onnx (models taking raw uint8 NHWC images)"
         ),
     ] = None,
-) -> FileResponse:
+) -> Response:
     """info.json, labels.txt, weights.safetensors, mean.npy, and TorchScript / ONNX on request."""
     job = jobs_service.get_job(session, job_id, user)
     ckpt = models_service.resolve_checkpoint(session, job, checkpoint)
@@ -428,16 +438,16 @@ def download(
         raise InvalidInput(
             f"unknown export {unknown[0]!r}: use torchscript or onnx", code="invalid_export"
         )
-    out = models_service.export_file(storage.job_dir(settings, job.id), ckpt, exports, format)
-    if models_service.export_is_stale(out, ckpt):
-        out.parent.mkdir(parents=True, exist_ok=True)
+    store = artifacts.get_store(settings)
+    key = models_service.export_key(job.id, ckpt, exports, format)
+    if not store.exists(key):
         _model_server(
             request,
             "POST",
             "/export",
             json={
                 "model": ckpt.path,
-                "out": str(out),
+                "out": store.ref(key),
                 "format": format,
                 "exports": exports,
                 "name": job.name,
@@ -452,8 +462,26 @@ def download(
             },
             timeout=600,
         )
+        _drop_older_downloads(store, key)
     filename = f"{job.id}_{ckpt.name}.{format}"
-    return FileResponse(out, media_type="application/octet-stream", filename=filename)
+    path = store.path(key)
+    if path is not None:
+        return FileResponse(path, media_type="application/octet-stream", filename=filename)
+    return StreamingResponse(
+        store.stream(key),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Content-Length": str(store.stat(key).size),
+        },
+    )
+
+
+def _drop_older_downloads(store: artifacts.ArtifactStore, key: str) -> None:
+    """Downloads of earlier versions of this checkpoint (same exports) are not asked again."""
+    for info in store.list(key.rpartition("/")[0]):
+        if info.key != key:
+            store.delete(info.key)
 
 
 @router.post(
@@ -477,7 +505,6 @@ def job_to_pretrained(
     job = jobs_service.get_job(session, job_id, user)
     ckpt = models_service.resolve_checkpoint(session, job, body.checkpoint)
     model_id = uuid.uuid4()
-    folder = storage.pretrained_dir(settings, model_id)
     name = body.name or f"{job.name} ({ckpt.name})"
     try:
         info = _model_server(
@@ -486,7 +513,7 @@ def job_to_pretrained(
             "/pretrained",
             json={
                 "source": ckpt.path,
-                "out_dir": str(folder),
+                "out_dir": artifacts.get_store(settings).ref(artifacts.pretrained_prefix(model_id)),
                 "name": name,
                 "resize_mode": models_service.resize_mode_of(session, job),
                 "checkpoint": {"name": ckpt.name, "epoch": ckpt.epoch, "job_id": str(job.id)},
@@ -496,7 +523,7 @@ def job_to_pretrained(
         row = models_service.add_pretrained(session, model_id, user, name, info, job.id)
         session.commit()
     except BaseException:
-        storage.remove_tree(folder)
+        artifacts.remove_pretrained(settings, model_id)
         raise
     return PretrainedModelRead.model_validate(row)
 
@@ -534,8 +561,8 @@ def upload_pretrained(
 ) -> PretrainedModelRead:
     """Validate a model archive (or safetensors + info.json) and make it a `pretrained` network."""
     model_id = uuid.uuid4()
-    folder = storage.pretrained_dir(settings, model_id)
     staging = storage.uploads_tmp_dir(settings) / f"pretrained-{model_id}"
+    staged = f"tmp/pretrained-{model_id}"  # the staging folder's key, in a bucket
     unpacked = staging / "model"
     try:
         unpacked.mkdir(parents=True)
@@ -567,13 +594,17 @@ def upload_pretrained(
                 code="missing_source",
             )
         models_service.check_upload_folder(unpacked, settings.pretrained_max_weights_bytes)
+        store = artifacts.get_store(settings)
+        source = str(unpacked) if store.local else staged
+        if not store.local:  # the model service may be on another host: through the bucket
+            store.put_tree(staged, unpacked)
         info = _model_server(
             request,
             "POST",
             "/pretrained",
             json={
-                "source": str(unpacked),
-                "out_dir": str(folder),
+                "source": source,
+                "out_dir": store.ref(artifacts.pretrained_prefix(model_id)),
                 "name": form.name or "uploaded model",
             },
             timeout=300,
@@ -583,10 +614,10 @@ def upload_pretrained(
         )
         session.commit()
     except BaseException:
-        storage.remove_tree(folder)
+        artifacts.remove_pretrained(settings, model_id)
         raise
     finally:
-        storage.remove_tree(staging)
+        artifacts.remove(settings, staged, staging)
     return PretrainedModelRead.model_validate(row)
 
 
@@ -633,5 +664,5 @@ def delete_pretrained(
     row = models_service.prepare_delete_pretrained(session, model_id, user)
     session.delete(row)
     session.commit()
-    storage.remove_tree(storage.pretrained_dir(settings, model_id))
+    artifacts.remove_pretrained(settings, model_id)
     return Response(status_code=204)

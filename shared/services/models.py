@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,8 @@ def resolve_checkpoint(session: Session, job: Job, raw: str | int | None) -> Che
         c.name: c for c in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id))
     }
     row = rows.get(name) or (rows.get("last") if name == "best" else None)
-    if row is None or not Path(row.path).exists():
+    # a row with a key names an object uploaded before the row was written; a path, a file
+    if row is None or (os.path.isabs(row.path) and not Path(row.path).exists()):
         have = ", ".join(sorted(rows)) or "none yet"
         raise Conflict(
             f"job {job.id} has no checkpoint {name!r} (it has: {have})", code="checkpoint_not_found"
@@ -112,18 +114,17 @@ def evaluation_dataset(
     return dataset
 
 
-def export_file(folder: Path, checkpoint: Checkpoint, exports: list[str], fmt: str) -> Path:
-    """Where the download of this checkpoint with these exports is cached."""
-    tag = "-".join([checkpoint.name, *exports])
-    return folder / "downloads" / f"{tag}.{fmt}"
+def export_key(job_id: uuid.UUID, checkpoint: Checkpoint, exports: list[str], fmt: str) -> str:
+    """The storage key of this checkpoint's download with these exports.
 
-
-def export_is_stale(out: Path, checkpoint: Checkpoint) -> bool:
-    """True when the cached download is missing or older than its checkpoint file."""
-    try:
-        return out.stat().st_mtime < Path(checkpoint.path).stat().st_mtime
-    except FileNotFoundError:
-        return True
+    It names the checkpoint's version (its step and when its row was last written), so a
+    rewritten `best` or `last` gets a new download, and an existing one is never stale: no
+    timestamps to compare, which a bucket keeps only to the second.
+    """
+    written = checkpoint.created_at.timestamp() if checkpoint.created_at else 0.0
+    version = f"{checkpoint.step}-{round(written * 1_000_000):x}"
+    kind = "+".join(exports) or "model"
+    return f"jobs/{job_id}/downloads/{checkpoint.name}/{kind}.{fmt}/{version}"
 
 
 # a TorchScript export inside a downloaded archive is not loaded: it may come back

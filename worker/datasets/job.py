@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from shared import archives, storage
+from shared import archives, artifacts, storage
 from shared.schemas.datasets import DatasetOptions
 from shared.schemas.work import ArchiveInput, FolderSource, PathInput, TextfileSource
 from shared.settings import Settings
@@ -30,7 +30,13 @@ def run_import(
     progress: Callable[[float], None] | None = None,
     should_abort: Callable[[], bool] | None = None,
 ) -> ImportResult:
-    """Import a dataset into its folder; on any failure nothing of it is left but the folder."""
+    """Import a dataset into its folder; on any failure nothing of it is left but the folder.
+
+    With a bucket for storage, the uploads come from it, and the result goes to it (files,
+    then the manifest) and into this host's dataset cache; the folder here is scratch.
+    """
+    store = artifacts.get_store(settings)
+    prefix = artifacts.dataset_prefix(dataset_id)
     root = storage.dataset_dir(settings, dataset_id)
     work = root / WORK_DIR
     storage.remove_tree(work)
@@ -40,21 +46,32 @@ def run_import(
         max_total_bytes=settings.archive_max_total_bytes,
     )
     try:
+        if not store.local:
+            store.fetch_tree(f"{prefix}/uploads", root / "uploads")
         train, val, test = _sources(root, work, source, limits)
         opts = import_options(options, settings)
         out = work / "out"
         result = import_dataset(
             train, opts, out, val=val, test=test, progress=progress, should_abort=should_abort
         )
-        for item in out.iterdir():
-            os.replace(item, root / item.name)
+        if store.local:
+            for item in out.iterdir():
+                os.replace(item, root / item.name)
+        else:
+            manifest = artifacts.publish_dataset(store, dataset_id, out)
+            artifacts.adopt_dataset(settings, manifest, out)
+            result.size_bytes = sum(int(f["size"]) for f in manifest["files"].values())
     except BaseException:
         _clear_outputs(root)
         raise
     finally:
         storage.remove_tree(work)
         storage.remove_tree(root / "uploads")
-    result.size_bytes = storage.tree_size(root)
+    if store.local:
+        result.size_bytes = storage.tree_size(root)
+    else:
+        store.delete_prefix(f"{prefix}/uploads")
+        storage.remove_tree(root)
     return result
 
 
