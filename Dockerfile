@@ -1,4 +1,7 @@
-# One image for the API and every worker. CUDA comes from the torch wheels.
+# One image for the API, the model service and every worker. CUDA comes from the torch wheels.
+# It installs the package as `make run` does (without the dev extras): every package that
+# pyproject.toml lists, with the web UI's files as package data. tests/test_compose.py builds
+# this context's COPY lines with pip and runs the compose services from the result.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
@@ -13,11 +16,12 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY api ./api
 COPY shared ./shared
 COPY worker ./worker
+COPY cli ./cli
 COPY migrations ./migrations
 RUN pip install .
 
 USER digits
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --retries=5 \
   CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/api/v1/health', timeout=4)" || exit 1
 CMD ["digits", "api"]
