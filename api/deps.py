@@ -21,7 +21,8 @@ from shared.settings import Settings
 
 def get_settings(request: Request) -> Settings:
     """The settings this app was built with."""
-    return request.app.state.settings  # type: ignore[no-any-return]
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -39,7 +40,8 @@ def get_session(request: Request) -> Iterator[Session]:
 
 def get_celery(request: Request) -> Celery:
     """The Celery app used to send tasks by name."""
-    return request.app.state.celery  # type: ignore[no-any-return]
+    celery: Celery = request.app.state.celery
+    return celery
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -49,9 +51,9 @@ CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 def get_current_user(request: Request, session: Annotated[Session, Depends(get_session)]) -> User:
     """The user of the request's bearer token or session cookie; 401 problem otherwise."""
-    checked = request.scope.get("state", {}).get(USER_KEY)
+    checked: User | None = request.scope.get("state", {}).get(USER_KEY)
     if checked is not None:  # the gate checked it before the body was read
-        return checked  # type: ignore[no-any-return]
+        return checked
     user = users.authenticate(session, browser.authorization(request))
     if session.dirty:
         session.commit()  # last_used_at, at most once a minute

@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.settings = settings
+    # FastAPI's documented hook for a custom schema is replacing this method on the instance
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     app.add_middleware(

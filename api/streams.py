@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from shared.db import reading
@@ -21,11 +22,11 @@ POLL_SECONDS = 0.25
 KEEPALIVE_SECONDS = 15.0
 
 
-def _visible_running(session: object, user: User) -> list[uuid.UUID]:
+def _visible_running(session: Session, user: User) -> list[uuid.UUID]:
     query = select(Job.id).where(Job.status == Status.RUNNING, Job.delete_requested.is_(False))
     if not user.is_admin:
         query = query.where(Job.owner_id == user.id)
-    return list(session.scalars(query))  # type: ignore[attr-defined]
+    return list(session.scalars(query))
 
 
 async def sse_response(

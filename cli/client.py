@@ -196,12 +196,12 @@ def datasets_create(api: Api, args: argparse.Namespace) -> int:
 def _wait(api: Api, path: str, quiet: bool) -> dict[str, Any]:
     last = None
     while True:
-        item = api.json("GET", path)
+        item: dict[str, Any] = api.json("GET", path)
         if not quiet and item["status"] != last:
             print(f"  {item['status']}", file=sys.stderr)
             last = item["status"]
         if item["status"] in ("done", "error", "aborted"):
-            return item  # type: ignore[no-any-return]
+            return item
         time.sleep(0.5)
 
 

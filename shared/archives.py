@@ -370,6 +370,8 @@ def _iter_tar(fh: BinaryIO, gz: bool) -> Generator[_Member, None, None]:
     with contextlib.ExitStack() as stack:
         if isinstance(stream, gzip.GzipFile):
             stack.enter_context(stream)
+        # typeshed's tarfile wants a file object with write() and close() even to read, and
+        # tarfile never calls either on a file object it was given
         tf = stack.enter_context(tarfile.open(fileobj=guarded, mode="r:"))  # type: ignore[call-overload]
         while True:
             info = tf.next()

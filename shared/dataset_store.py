@@ -56,7 +56,8 @@ def offsets_path(dataset_dir: Path, split: str) -> Path:
 def read_meta(dataset_dir: Path) -> dict[str, Any]:
     """Read a dataset's meta.json."""
     with open(Path(dataset_dir) / META_FILE, encoding="utf-8") as fh:
-        return json.load(fh)
+        meta: dict[str, Any] = json.load(fh)
+    return meta
 
 
 def read_classes(dataset_dir: Path) -> list[str]:

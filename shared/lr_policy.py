@@ -43,6 +43,7 @@ def _lr_at(p: float, lr0: float, policy: str, params: dict[str, Any]) -> float:
 
 
 def _policy(p: float, lr0: float, policy: str, params: dict[str, Any]) -> float:
+    # math.pow, not **: the bases are positive, and float ** float is typed Any (it may be complex)
     if policy == "fixed":
         return lr0
     if policy == "step":
@@ -55,14 +56,14 @@ def _policy(p: float, lr0: float, policy: str, params: dict[str, Any]) -> float:
         passed = sum(1 for v in values if p >= v)
         return lr0 * gamma**passed
     if policy == "exp":
-        return lr0 * float(params.get("gamma", 0.95)) ** p
+        return lr0 * math.pow(float(params.get("gamma", 0.95)), p)
     if policy == "inv":
         gamma = float(params.get("gamma", 0.1))
         power = float(params.get("power", 0.5))
-        return lr0 * (1.0 + gamma * p) ** (-power)
+        return lr0 * math.pow(1.0 + gamma * p, -power)
     if policy == "poly":
         power = float(params.get("power", 3.0))
-        return lr0 * (1.0 - p / 100.0) ** power
+        return lr0 * math.pow(1.0 - p / 100.0, power)
     if policy == "sigmoid":
         step = float(params.get("step_size", 50.0))
         gamma = float(params.get("gamma", 0.1))

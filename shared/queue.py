@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue  # where they live; `kombu` re-exports them lazily
 
 from shared.settings import Settings
 
@@ -172,7 +172,7 @@ def drop(app: Celery, settings: Settings, messages: list[Message]) -> int:
     client = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=3)
     try:
         keys = [settings.broker_prefix + q for q in queues]
-        return int(client.eval(_DROP_SCRIPT, len(keys), *keys, "", *ids))  # type: ignore[arg-type]
+        return int(client.eval(_DROP_SCRIPT, len(keys), *keys, "", *ids))
     finally:
         client.close()
 

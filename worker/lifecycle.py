@@ -217,7 +217,7 @@ def record(model: lifecycle.Work, row_id: uuid.UUID, attempt: int, outcome: Outc
                 worker=ctx.name,
                 attempt=attempt,
             ):
-                requeued = session.get(model, row_id)
+                requeued = lifecycle.get(session, model, row_id)
                 if requeued is not None:
                     dispatch.enqueue(session, [requeued])
             return

@@ -568,4 +568,4 @@ def _follower(
         rank=dist["rank"],
         world_size=dist["world_size"],
     )
-    train(spec, _Silent())  # type: ignore[arg-type]
+    train(spec, _Silent())

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from shared.errors import Conflict, LimitExceeded, NotFound
 from shared.models import Dataset, Job, Status, StatusChange, User
 from shared.schemas.common import StatusEntry
-from shared.schemas.datasets import DatasetOptions, DatasetRead, SplitSummary
+from shared.schemas.datasets import DatasetOptions, DatasetRead, SkippedFile, SplitSummary
 from shared.services import dispatch, lifecycle
 from shared.settings import Settings
 
@@ -171,7 +171,7 @@ def to_read(dataset: Dataset, history: list[StatusChange]) -> DatasetRead:
         splits=splits,
         num_images=dataset.num_images,
         skipped=dataset.skipped,
-        skipped_samples=dataset.skipped_samples or [],  # type: ignore[arg-type]
+        skipped_samples=[SkippedFile.model_validate(s) for s in dataset.skipped_samples or []],
         dropped_classes=dataset.dropped_classes or [],
         size_bytes=dataset.size_bytes,
         import_seconds=dataset.import_seconds,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -79,10 +80,10 @@ class _Outbox:
 
 
 def _outbox(session: Session) -> _Outbox:
-    box = session.info.get(OUTBOX)
+    box: _Outbox | None = session.info.get(OUTBOX)
     if box is None:
         box = session.info[OUTBOX] = _Outbox()
-    return box  # type: ignore[no-any-return]
+    return box
 
 
 # -- routing --------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ def message_for(row: Job | Dataset, workers: list[Worker] | None = None) -> Mess
 # -- the outbox -----------------------------------------------------------------------------
 
 
-def enqueue(session: Session, rows: list[Job] | list[Dataset] | list[Job | Dataset]) -> int:
+def enqueue(session: Session, rows: Sequence[Job | Dataset]) -> int:
     """Send these waiting rows once the transaction commits; returns how many will be sent."""
     needs_workers = any(isinstance(r, Job) and r.requested_worker for r in rows)
     workers = fleet.list_workers(session) if needs_workers else []
@@ -137,7 +138,7 @@ def enqueue(session: Session, rows: list[Job] | list[Dataset] | list[Job | Datas
     return count
 
 
-def retract(session: Session, rows: list[Job] | list[Dataset] | list[Job | Dataset]) -> None:
+def retract(session: Session, rows: Sequence[Job | Dataset]) -> None:
     """Take the queued messages of these (aborted) rows off the broker after the commit."""
     box = _outbox(session)
     for row in rows:
@@ -232,10 +233,10 @@ def reap(session: Session, settings: Settings, *, now: datetime | None = None) -
     now = now or utcnow()
     sweep = Sweep()
     lease_cutoff = now - timedelta(seconds=settings.lease_timeout)
-    for model in (Job, Dataset):
+    for model in lifecycle.MODELS:
         lapsed = or_(model.heartbeat_at.is_(None), model.heartbeat_at < lease_cutoff)
         for row in session.scalars(
-            select(model).where(model.status == Status.RUNNING, lapsed)
+            lifecycle.select_work(model).where(model.status == Status.RUNNING, lapsed)
         ).all():
             silent = (now - (_aware(row.heartbeat_at) or now)).total_seconds()
             if row.attempts >= settings.max_attempts:
@@ -263,16 +264,18 @@ def reap(session: Session, settings: Settings, *, now: datetime | None = None) -
                 sweep.requeued.append(row.id)
                 log.warning("%s=%s %s", lifecycle.subject_of(model), row.id, reason)
     session.flush()
-    for model in (Job, Dataset):  # back on the broker at once, not at the next pass
-        requeued = session.scalars(select(model).where(model.id.in_(sweep.requeued))).all()
+    for model in lifecycle.MODELS:  # back on the broker at once, not at the next pass
+        requeued = session.scalars(
+            lifecycle.select_work(model).where(model.id.in_(sweep.requeued))
+        ).all()
         enqueue(session, list(requeued))
 
     workers = fleet.list_workers(session)
     # never reached the broker (its sender died, or the broker was down)
     unsent_cutoff = now - timedelta(seconds=2)
-    for model in (Job, Dataset):
+    for model in lifecycle.MODELS:
         rows = session.scalars(
-            select(model)
+            lifecycle.select_work(model)
             .where(
                 model.status == Status.WAITING,
                 model.enqueued_at.is_(None),
@@ -336,9 +339,9 @@ def reap(session: Session, settings: Settings, *, now: datetime | None = None) -
         enqueue(session, chosen_cpu)
 
     # deleted while running, now stopped (its worker died before it could remove it)
-    for model in (Job, Dataset):
+    for model in lifecycle.MODELS:
         for row in session.scalars(
-            select(model).where(
+            lifecycle.select_work(model).where(
                 model.delete_requested.is_(True),
                 model.status.in_([Status.DONE, Status.ERROR, Status.ABORTED]),
             )
@@ -379,7 +382,7 @@ def purge(session: Session, model: lifecycle.Work, row_id: uuid.UUID) -> None:
     session.execute(delete(model).where(model.id == row_id))
 
 
-def _fits(jobs: list[Job], idle: list[Worker]) -> list[Job]:
+def _fits(jobs: Sequence[Job], idle: list[Worker]) -> list[Job]:
     """Waiting training jobs that the idle workers can take, at most one per worker."""
     free = list(idle)
     chosen: list[Job] = []

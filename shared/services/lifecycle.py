@@ -14,9 +14,9 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy import ColumnElement, CursorResult, Select, delete, select, update
 from sqlalchemy.orm import Session
 
 from shared.db import utcnow
@@ -24,6 +24,11 @@ from shared.errors import InvalidTransition
 from shared.models import Dataset, Job, Status, StatusChange
 
 Work = type[Job] | type[Dataset]
+# typed as Work, so a loop over the models sees each class (a bare tuple's items join to Base)
+MODELS: tuple[Work, ...] = (Job, Dataset)
+# SQLAlchemy types select()/Session.get() of `type[Job] | type[Dataset]` as their base class;
+# a TypeVar bound to the union keeps it (see `get`, `select_work`)
+_W = TypeVar("_W", bound=Job | Dataset)
 
 # DIGITS's six states; running -> waiting is a requeue (lost worker, graceful shutdown)
 TRANSITIONS: dict[Status, frozenset[Status]] = {
@@ -125,7 +130,7 @@ def move(
     if moved:
         session.flush()
         for row_id in moved:  # loaded copies in this session must not show the old state
-            obj = session.identity_map.get(session.identity_key(model, row_id))  # type: ignore[arg-type]
+            obj = session.identity_map.get(session.identity_key(model, row_id))
             if obj is not None:
                 session.expire(obj)
     return moved
@@ -169,7 +174,19 @@ def claim(
         session, model, obj_id, Status.RUNNING, from_=Status.WAITING, worker=worker, now=now
     ):
         return None
-    return session.get(model, obj_id, populate_existing=True)
+    return get(session, model, obj_id, populate_existing=True)
+
+
+def get(
+    session: Session, model: type[_W], obj_id: uuid.UUID, *, populate_existing: bool = False
+) -> _W | None:
+    """The row of `model` with this id, or None (typed `Job | Dataset` for a `Work`)."""
+    return session.get(model, obj_id, populate_existing=populate_existing)
+
+
+def select_work(model: type[_W]) -> Select[_W]:
+    """`select(model)`, with rows typed `Job | Dataset` when `model` is a `Work`."""
+    return select(model)
 
 
 def finish(
@@ -256,14 +273,18 @@ def request_abort(session: Session, model: Work, obj_id: uuid.UUID) -> AbortOutc
             ):
                 return AbortOutcome(Status.ABORTED, True)
             continue
-        flagged = session.execute(
-            update(model)
-            .where(model.id == obj_id, model.status == Status.RUNNING)
-            .values(abort_requested=True)
-            .execution_options(synchronize_session=False)
+        # Session.execute is typed as returning a Result; an UPDATE's is a CursorResult
+        flagged = cast(
+            CursorResult[Any],
+            session.execute(
+                update(model)
+                .where(model.id == obj_id, model.status == Status.RUNNING)
+                .values(abort_requested=True)
+                .execution_options(synchronize_session=False)
+            ),
         )
-        if flagged.rowcount == 1:  # type: ignore[attr-defined]
-            obj = session.identity_map.get(session.identity_key(model, obj_id))  # type: ignore[arg-type]
+        if flagged.rowcount == 1:
+            obj = session.identity_map.get(session.identity_key(model, obj_id))
             if obj is not None:
                 session.expire(obj)
             return AbortOutcome(Status.RUNNING, False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -84,7 +85,7 @@ def columnar(
     return {"series": series, "next_since": int(last_id), "decimated": decimated}
 
 
-def _start(job: Job, rows: list[Any]) -> datetime | None:
+def _start(job: Job, rows: Sequence[Any]) -> datetime | None:
     if job.created_at is not None:
         return job.created_at
     return rows[0].created_at if rows else None

@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 FORMAT = 1
 
@@ -16,7 +17,11 @@ FORMAT = 1
 def rng_state(aug_generator: torch.Generator | None) -> dict[str, Any]:
     """Every random state training draws from, as tensors, lists and numbers."""
     version, internal, gauss = random.getstate()
-    np_state = np.random.get_state()
+    # numpy's stubs give the legacy=False overload the default, but the default is legacy=True,
+    # which returns this tuple for the global (MT19937) generator
+    np_state = cast(
+        "tuple[str, NDArray[np.uint32], int, int, float]", np.random.get_state(legacy=True)
+    )
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": [version, list(internal), gauss],

@@ -6,7 +6,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,10 @@ CPU_RESIDENT_BYTES = 2 * 1024**3
 CUDA_RESIDENT_FRACTION = 0.25
 COPY_CHUNK_BYTES = 64 * 1024**2
 PREFETCH_BATCHES = 4
-_END = object()
+# what the prefetch thread hands over: a batch (images, indices), its exception, or None at the end
+_Prefetched = tuple[torch.Tensor, torch.Tensor] | BaseException | None
+# (images, labels) batches; a generator, so a consumer that stops early can close() it
+Batches = Generator[tuple[torch.Tensor, torch.Tensor], None, None]
 
 
 class DatasetError(ValueError):
@@ -60,9 +63,7 @@ class Split:
         """Number of images."""
         return int(self.labels.shape[0])
 
-    def batches(
-        self, order: torch.Tensor | None, batch_size: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, order: torch.Tensor | None, batch_size: int) -> Batches:
         """(images, labels) batches in `order` (CPU int64 indices; None = stored order)."""
         raise NotImplementedError
 
@@ -99,9 +100,7 @@ class ResidentSplit(Split):
     def _logical(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(0, 3, 1, 2) if self.channels_last else x
 
-    def batches(
-        self, order: torch.Tensor | None, batch_size: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, order: torch.Tensor | None, batch_size: int) -> Batches:
         """Batches gathered on the device (no host work per batch beyond indexing)."""
         if order is None:
             for start in range(0, len(self), batch_size):
@@ -124,9 +123,7 @@ class ResidentSplit(Split):
 class StreamedSplit(Split):
     """Batches read from the memory-mapped (or decoded) store by a background prefetch thread."""
 
-    def batches(
-        self, order: torch.Tensor | None, batch_size: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, order: torch.Tensor | None, batch_size: int) -> Batches:
         """Batches read ahead by a thread, copied to the device as they are consumed."""
         idx_all = (
             np.arange(len(self), dtype=np.int64)
@@ -134,10 +131,10 @@ class StreamedSplit(Split):
             else order.numpy().astype(np.int64)
         )
         pin = self.device.type == "cuda"
-        q: queue.Queue[object] = queue.Queue(maxsize=PREFETCH_BATCHES)
+        q: queue.Queue[_Prefetched] = queue.Queue(maxsize=PREFETCH_BATCHES)
         stop = threading.Event()
 
-        def put(item: object) -> bool:
+        def put(item: _Prefetched) -> bool:
             while not stop.is_set():
                 try:
                     q.put(item, timeout=0.1)
@@ -155,7 +152,7 @@ class StreamedSplit(Split):
                         t = t.pin_memory()
                     if not put((t, torch.from_numpy(idx))):
                         return
-                put(_END)
+                put(None)
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 put(exc)
 
@@ -164,11 +161,11 @@ class StreamedSplit(Split):
         try:
             while True:
                 item = q.get()
-                if item is _END:
+                if item is None:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                images, idx = item  # type: ignore[misc]
+                images, idx = item
                 x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
                 yield x, self.labels.index_select(0, idx.to(self.device, non_blocking=True))
         finally:

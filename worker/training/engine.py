@@ -13,7 +13,6 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -30,7 +29,7 @@ from shared.schemas.jobs import Hyperparameters
 from shared.schemas.work import CheckpointInfo
 from worker.training import checkpoint as ckpt
 from worker.training.augment import Preprocess
-from worker.training.data import DatasetError, Split, epoch_order, open_splits, read_info
+from worker.training.data import Batches, DatasetError, Split, epoch_order, open_splits, read_info
 from worker.training.models import build_model, has_conv, load_init_weights
 
 log = logging.getLogger(__name__)
@@ -380,7 +379,9 @@ def _setup(spec: TrainSpec, reporter: Reporter) -> _Run:
 
     cuda = device.type == "cuda"
     channels_last = use_channels_last(model, device)
-    model = model.to(device, memory_format=torch.channels_last if channels_last else None)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     amp_dtype: torch.dtype | None = None
     if cuda:
         torch.backends.cudnn.benchmark = True
@@ -623,7 +624,7 @@ def _after_step(run: _Run) -> Outcome | None:
     return None
 
 
-def _micro_batches(run: _Run, epoch: int, first_step: int) -> Iterator[tuple[torch.Tensor, ...]]:
+def _micro_batches(run: _Run, epoch: int, first_step: int) -> Batches:
     step_images = run.batch_size * run.accumulation
     order = epoch_order(
         len(run.train_split), run.train_iter * step_images, run.seed, epoch, run.hyper.shuffle
@@ -694,7 +695,7 @@ def train_one_epoch(run: _Run, epoch: int) -> Outcome | None:
             if outcome is not None:
                 return outcome
     finally:
-        batches.close()  # type: ignore[attr-defined]
+        batches.close()
     return None
 
 

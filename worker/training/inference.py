@@ -44,6 +44,8 @@ class Classifier(nn.Module):
     The same module serves the service's classify and the exports, so they agree exactly.
     """
 
+    mean: torch.Tensor  # a registered buffer (nn.Module types those as `Tensor | Module`)
+
     def __init__(
         self, net: nn.Module, mean: torch.Tensor | None, crop: int | None, height: int, width: int
     ) -> None:

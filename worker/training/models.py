@@ -11,6 +11,7 @@ import torchvision
 from pydantic import TypeAdapter
 from torch import nn
 
+from shared import networks
 from shared.networks import CATALOG, Layer, check_custom, check_standard
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,8 @@ def _first_conv_to(model: nn.Module, channels: int) -> None:
         if isinstance(module, nn.Conv2d):
             if module.in_channels == channels:
                 return
+            # torch types these attributes tuple[int, ...] but the constructor's parameters
+            # int | tuple[int, int]; a Conv2d's are always 2-tuples
             new = nn.Conv2d(
                 channels,
                 module.out_channels,
@@ -207,9 +210,9 @@ def build_custom(
     shape: tuple[int, ...] = (channels, height, width)
     modules: list[nn.Module] = []
     for spec in specs:
-        t = spec.type
         module: nn.Module
-        if t == "conv2d":
+        # isinstance, not the `type` tag, so the checker knows each branch's fields
+        if isinstance(spec, networks.Conv2d):
             pad = (spec.kernel_size - 1) // 2 if spec.padding == "same" else spec.padding
             stride = 1 if spec.padding == "same" else spec.stride
             module = nn.Conv2d(
@@ -226,37 +229,36 @@ def build_custom(
                 _out(shape[1], spec.kernel_size, stride, pad),
                 _out(shape[2], spec.kernel_size, stride, pad),
             )
-        elif t in ("maxpool2d", "avgpool2d"):
+        elif isinstance(spec, networks.Pool2d):
             stride = spec.stride or spec.kernel_size
-            cls = nn.MaxPool2d if t == "maxpool2d" else nn.AvgPool2d
+            cls = nn.MaxPool2d if spec.type == "maxpool2d" else nn.AvgPool2d
             module = cls(spec.kernel_size, stride=stride, padding=spec.padding)
             shape = (
                 shape[0],
                 _out(shape[1], spec.kernel_size, stride, spec.padding),
                 _out(shape[2], spec.kernel_size, stride, spec.padding),
             )
-        elif t == "adaptive_avgpool2d":
+        elif isinstance(spec, networks.AdaptiveAvgPool2d):
             module = nn.AdaptiveAvgPool2d(spec.output_size)
             shape = (shape[0], spec.output_size, spec.output_size)
-        elif t == "batchnorm2d":
-            module = nn.BatchNorm2d(shape[0])
-        elif t == "batchnorm1d":
-            module = nn.BatchNorm1d(shape[0])
-        elif t == "flatten":
+        elif isinstance(spec, networks.BatchNorm):
+            if spec.type == "batchnorm2d":
+                module = nn.BatchNorm2d(shape[0])
+            else:
+                module = nn.BatchNorm1d(shape[0])
+        elif isinstance(spec, networks.Flatten):
             module = nn.Flatten()
             size = 1
             for d in shape:
                 size *= d
             shape = (size,)
-        elif t == "linear":
+        elif isinstance(spec, networks.Linear):
             out = spec.out_features or num_classes
             module = nn.Linear(shape[0], out, bias=spec.bias)
             shape = (out,)
-        elif t == "dropout":
-            module = nn.Dropout(spec.p)
-        elif t == "dropout2d":
-            module = nn.Dropout2d(spec.p)
-        elif t == "leaky_relu":
+        elif isinstance(spec, networks.Dropout):
+            module = nn.Dropout(spec.p) if spec.type == "dropout" else nn.Dropout2d(spec.p)
+        elif spec.type == "leaky_relu":  # the rest are activations
             module = nn.LeakyReLU(spec.negative_slope)
         else:
             module = {
@@ -266,7 +268,7 @@ def build_custom(
                 "tanh": nn.Tanh,
                 "silu": nn.SiLU,
                 "elu": nn.ELU,
-            }[t]()
+            }[spec.type]()
         modules.append(module)
     return nn.Sequential(*modules)
 
