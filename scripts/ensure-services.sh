@@ -15,6 +15,12 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
     || echo "warning: could not install chromium; tests/ui will fail" >&2
 fi
+# tests/test_three_hosts.py builds its hosts as network namespaces with iproute2's `ip`
+if ! command -v ip >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "ip is missing; installing iproute2 for the three-host test"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; } \
+    || echo "warning: could not install iproute2; tests/test_three_hosts.py will fail" >&2
+fi
 if ! pg_up; then
   echo "PostgreSQL is not answering on 127.0.0.1:5432; starting it"
   if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
