@@ -41,10 +41,7 @@ def run_import(
     work = root / WORK_DIR
     storage.remove_tree(work)
     work.mkdir(parents=True)
-    limits = archives.ArchiveLimits(
-        max_members=settings.archive_max_members,
-        max_total_bytes=settings.archive_max_total_bytes,
-    )
+    limits = archives.ArchiveLimits.from_settings(settings)
     try:
         if not store.local:
             store.fetch_tree(f"{prefix}/uploads", root / "uploads")
