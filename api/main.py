@@ -20,6 +20,7 @@ from api.routers import (
     events,
     fleet,
     health,
+    insight,
     jobs,
     models,
     prometheus,
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(fleet.router, prefix=API_PREFIX, responses=guarded)
     app.include_router(users.router, prefix=API_PREFIX, responses=guarded)
     app.include_router(models.router, prefix=API_PREFIX, responses=guarded)
+    app.include_router(insight.router, prefix=API_PREFIX, responses=guarded)
     app.include_router(prometheus.router, responses=guarded)
     app.include_router(session.router, prefix=API_PREFIX)
     ui.install(app)

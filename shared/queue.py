@@ -21,12 +21,14 @@ IMPORT_DATASET = "digits.import_dataset"
 TRAIN = "digits.train"
 INFER = "digits.infer"
 EVALUATE = "digits.evaluate"
+EXPLAIN = "digits.explain"
 
 TASK_ROUTES = {
     IMPORT_DATASET: {"queue": CPU_QUEUE},
     TRAIN: {"queue": TRAIN_QUEUE},
     INFER: {"queue": CPU_QUEUE},
     EVALUATE: {"queue": CPU_QUEUE},
+    EXPLAIN: {"queue": CPU_QUEUE},
 }
 
 
@@ -123,7 +125,7 @@ def training_message(job_id: uuid.UUID, worker: str | None = None, devices: int 
 
 
 def cpu_message(task: str, row_id: uuid.UUID) -> Message:
-    """Imports, inference and evaluation go to the cpu queue."""
+    """Imports, inference, evaluation and explanations go to the cpu queue."""
     return Message(task, row_id, str(TASK_ROUTES[task]["queue"]))
 
 

@@ -308,3 +308,102 @@ def summarize(
         "per_class": per_class,
         "top_images": top_images,
     }
+
+
+def _uploaded_images(folder: Path) -> list[tuple[str, Path]]:
+    """The uploaded images of a model job and its archive's, as (name, path); the archive is
+    extracted into `extracted` (raises UnsafeArchive)."""
+    ctx = context.get()
+    sources: list[tuple[str, Path]] = []
+    if (folder / "inputs").is_dir():
+        sources += [(p.name.split("-", 1)[-1], p) for p in _images_in(folder / "inputs")]
+    archive = folder / "input.archive"
+    if archive.exists():
+        extracted = folder / "extracted"
+        storage.remove_tree(extracted)
+        extracted.mkdir()
+        archives.extract_archive(
+            archive, extracted, archives.ArchiveLimits.from_settings(ctx.settings)
+        )
+        sources += [(str(p.relative_to(extracted)), p) for p in _images_in(extracted)]
+    return sources
+
+
+def run_explanations(running: lifecycle.Running) -> lifecycle.Outcome:
+    """Explain every uploaded image (and archive member), one at a time.
+
+    `explanations.jsonl` holds one ImageExplanation per input (the PNG in base64), and
+    `results.jsonl` its predictions, so the job's results read like an inference job's.
+    """
+    from worker.training import explain, inference
+
+    ctx = context.get()
+    request = running.row.request
+    folder = _inputs(running.id)
+    model = inference.load_checkpoint(_checkpoint_path(running), "cpu")
+    explain.freeze(model)
+    running.check()
+    try:
+        sources = _uploaded_images(folder)
+    except archives.UnsafeArchive as exc:
+        return lifecycle.Outcome(Status.ERROR, f"archive: {exc}")
+    running.check()
+    if not sources:
+        return lifecycle.Outcome(Status.ERROR, "no images to explain")
+    method = str(request.get("method", "gradcam"))
+    raw = bool(request.get("raw", False))
+    try:
+        options = explain.ExplainOptions(
+            method=method,  # type: ignore[arg-type]  # checked by the API
+            target=explain.target_index(request.get("target"), model.classes),
+            top_k=int(request.get("top_k", 5)),
+            steps=int(request.get("steps") or explain.IG_STEPS),
+            window=request.get("window"),
+        )
+        if method in explain.CAM_METHODS:
+            explain.find_target_layer(model)  # a network without a feature map fails at once
+    except explain.ExplainError as exc:
+        return lifecycle.Outcome(Status.ERROR, str(exc))
+    failed = 0
+    tmp_explained, tmp_results = folder / ".explanations.jsonl.tmp", folder / ".results.jsonl.tmp"
+    with open(tmp_explained, "w") as explained, open(tmp_results, "w") as results:
+        for done, (name, path) in enumerate(sources, 1):
+            item: dict[str, Any]
+            try:
+                image = inference.prepare_image(
+                    path.read_bytes(),
+                    name,
+                    width=model.width,
+                    height=model.height,
+                    channels=model.channels,
+                    resize_mode=request["resize_mode"],
+                    max_pixels=ctx.settings.max_image_pixels,
+                )
+                item = explain.as_json(name, explain.explain_image(model, image, options), raw)
+            except inference.InferenceInputError as exc:
+                item = explain.failed_json(name, method, str(exc))
+            except Exception as exc:  # one image that cannot be converted fails alone
+                log.warning("job=%s %s: %s", running.id, name, type(exc).__name__)
+                item = explain.failed_json(name, method, f"{name}: cannot be explained")
+            failed += item["error"] is not None
+            explained.write(json.dumps(item) + "\n")
+            row = {"filename": name, "top": item["top"]}
+            if item["error"] is not None:
+                row["error"] = item["error"]
+            results.write(json.dumps(row) + "\n")
+            if done % 16 == 0 or done == len(sources):
+                _progress(running, done, len(sources))
+    os.replace(tmp_explained, folder / "explanations.jsonl")
+    os.replace(tmp_results, folder / "results.jsonl")
+    storage.remove_tree(folder / "extracted")
+    _store_results(running.id, folder, ["explanations.jsonl", "results.jsonl"])
+    point = {"step": 0, "epoch": 0.0}
+    return lifecycle.Outcome(
+        Status.DONE,
+        values={
+            "last": {
+                "explain.images": {"value": float(len(sources)), **point},
+                "explain.failed": {"value": float(failed), **point},
+            }
+        },
+    )

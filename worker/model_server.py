@@ -9,6 +9,7 @@ answer to bad input is a 4xx `{"code", "detail"}`; anything else is a 500 with t
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import os
@@ -38,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared import artifacts
 from shared.models.enums import ResizeMode
 from shared.schemas.models import (
+    ExportReport,
     ModelCheckpoint,
     ModelInfo,
     ModelServiceExport,
@@ -45,7 +47,8 @@ from shared.schemas.models import (
     validation_message,
 )
 from shared.settings import Settings
-from worker.training import inference
+from worker.training import explain as explaining
+from worker.training import inference, layers, quantize
 
 log = logging.getLogger("digits.model_server")
 
@@ -122,6 +125,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     device = settings.model_server_device or ("cuda" if torch.cuda.is_available() else "cpu")
     limits = inference.ModelLimits(weights_bytes=settings.pretrained_max_weights_bytes)
     cache = ModelCache(settings.model_cache_size, device, limits)
+    # explanations and layer views hook their model's modules, so they get their own copies
+    # (a classify on the shared one would fire the hooks) and take turns on them
+    insight_cache = ModelCache(max(1, settings.model_cache_size // 4), device, limits)
+    insight_lock = threading.Lock()
 
     def clean(detail: str) -> str:
         """A message fit for the caller: no object reprs, no server paths, bounded."""
@@ -337,9 +344,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
                         resize_mode=body.resize_mode.value,
                         checkpoint=body.checkpoint,
                         exports=list(body.exports),
+                        dataset_dir=edge_dataset(body),
                     )
                 except inference.ModelFileError as exc:
                     raise ServiceError(409, "model_unavailable", str(exc)) from None
+                except quantize.EdgeExportError as exc:
+                    raise ServiceError(409, "dataset_unavailable", str(exc)) from None
                 pack(folder, out, body.format)
             size = out.stat().st_size
             artifacts.publish(store, body.out, out)
@@ -389,6 +399,162 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
         return JSONResponse(await run_in_threadpool(run))
 
+    def edge_dataset(body: ModelServiceExport) -> Path | None:
+        """The job's dataset here, for int8/fp16 exports (calibration and validation)."""
+        if body.dataset_id is None or not set(body.exports) & set(quantize.EDGE_EXPORTS):
+            return None
+        try:
+            return artifacts.local_dataset(settings, body.dataset_id)
+        except (FileNotFoundError, OSError, ValueError, KeyError):
+            return None  # write_model_dir says the data is gone
+
+    # -- insight: explanations and layer views -----------------------------------------------
+
+    def insight_model(model_path: Path) -> inference.LoadedModel:
+        try:
+            model = insight_cache.get(model_path)
+        except (inference.ModelFileError, FileNotFoundError, NotADirectoryError) as exc:
+            raise _unavailable(exc) from None
+        explaining.freeze(model)
+        return model
+
+    def prepared(
+        model: inference.LoadedModel, name: str, data: bytes, resize_mode: ResizeMode
+    ) -> tuple[np.ndarray | None, str | None]:
+        """One upload at the model's input size, or why it cannot be used (as classify)."""
+        try:
+            array = inference.prepare_image(
+                data,
+                _label(name),
+                width=model.width,
+                height=model.height,
+                channels=model.channels,
+                resize_mode=resize_mode.value,
+                max_pixels=settings.max_image_pixels,
+            )
+            return array, None
+        except inference.InferenceInputError as exc:
+            return None, clean(str(exc))
+        except Exception as exc:  # this image's fault, not the request's (see classify)
+            log.warning("image %s not converted: %s", _label(name), type(exc).__name__)
+            return None, f"{_label(name)}: this image cannot be converted for the model"
+
+    def whole_number(form: FormData, name: str, low: int, high: int) -> int | None:
+        raw = form_text(form, name, "")
+        if raw == "":
+            return None
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            raise ServiceError(400, "bad_request", f"{name} must be a whole number {low}-{high}")
+        return int(raw)
+
+    def explain_form(form: FormData) -> tuple[str, str | None, bool, int, int | None]:
+        method = form_text(form, "method", "gradcam")
+        if method not in explaining.METHODS:
+            raise ServiceError(
+                400,
+                "bad_request",
+                f"method must be one of {', '.join(explaining.METHODS)}, not {_label(method)!r}",
+            )
+        raw = form_text(form, "raw", "false").lower()
+        if raw not in ("true", "false", "1", "0"):
+            raise ServiceError(400, "bad_request", "raw must be true or false")
+        steps = whole_number(form, "steps", 2, explaining.MAX_IG_STEPS) or explaining.IG_STEPS
+        window = whole_number(form, "window", 1, 4096)
+        target = form_text(form, "target", "") or None
+        return method, target, raw in ("true", "1"), steps, window
+
+    def explain_images(
+        model_path: Path,
+        resize_mode: ResizeMode,
+        k: int,
+        payload: list[tuple[str, bytes]],
+        how: tuple[str, str | None, bool, int, int | None],
+    ) -> dict[str, Any]:
+        method, raw_target, raw, steps, window = how
+        started = time.perf_counter()
+        with insight_lock:
+            model = insight_model(model_path)
+            try:
+                options = explaining.ExplainOptions(
+                    method=method,  # type: ignore[arg-type]
+                    target=explaining.target_index(raw_target, model.classes),
+                    top_k=k,
+                    steps=steps,
+                    window=window,
+                )
+            except explaining.ExplainError as exc:
+                raise ServiceError(400, "invalid_target", str(exc)) from None
+            answers: list[dict[str, Any]] = []
+            for name, data in payload:
+                array, error = prepared(model, name, data, resize_mode)
+                if array is None:
+                    answers.append(explaining.failed_json(name, method, error or "unusable"))
+                    continue
+                try:
+                    item = explaining.explain_image(model, array, options)
+                except explaining.ExplainError as exc:  # the method, not the image, is at fault
+                    raise ServiceError(400, "unsupported_method", str(exc)) from None
+                answers.append(explaining.as_json(name, item, raw))
+        if all(a["error"] for a in answers):
+            more = f" (and {len(answers) - 1} more images)" if len(answers) > 1 else ""
+            raise ServiceError(400, "invalid_image", answers[0]["error"] + more)
+        return {
+            "method": method,
+            "explanations": answers,
+            "device": str(model.device),
+            "milliseconds": round((time.perf_counter() - started) * 1000, 3),
+        }
+
+    @guarded
+    async def explain(request: Request) -> Response:
+        """Heat maps of why the model chose (or would choose) a class, per image."""
+        form = await read_form(request)
+        try:
+            model_path, resize_mode, k, uploads = await run_in_threadpool(classify_form, form)
+            how = explain_form(form)
+            payload = [(f.filename or f"image-{i}", await f.read()) for i, f in enumerate(uploads)]
+        finally:
+            await form.close()
+        return JSONResponse(
+            await run_in_threadpool(explain_images, model_path, resize_mode, k, payload, how)
+        )
+
+    def layer_images(
+        model_path: Path, resize_mode: ResizeMode, k: int, name: str, data: bytes
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        with insight_lock:
+            model = insight_model(model_path)
+            array, error = prepared(model, name, data, resize_mode)
+            if array is None:
+                raise ServiceError(400, "invalid_image", error or "unusable image")
+            probs, views = layers.layer_views(model, array)
+        for view in views:
+            for key in ("activations_png", "filters_png"):
+                if view[key] is not None:
+                    view[key] = base64.b64encode(view[key]).decode("ascii")
+        return {
+            "predictions": [{"filename": name, "top": inference.top_k(probs, model.classes, k)[0]}],
+            "layers": views,
+            "device": str(model.device),
+            "milliseconds": round((time.perf_counter() - started) * 1000, 3),
+        }
+
+    @guarded
+    async def layer_view(request: Request) -> Response:
+        """DIGITS's per-layer statistics and pictures for one image, from one forward pass."""
+        form = await read_form(request)
+        try:
+            model_path, resize_mode, k, uploads = await run_in_threadpool(classify_form, form)
+            if len(uploads) != 1:
+                raise ServiceError(400, "bad_request", "layer views take exactly one image")
+            name, data = uploads[0].filename or "image-0", await uploads[0].read()
+        finally:
+            await form.close()
+        return JSONResponse(
+            await run_in_threadpool(layer_images, model_path, resize_mode, k, name, data)
+        )
+
     @guarded
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok", "device": device, "torch": torch.__version__})
@@ -404,6 +570,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/classify", classify, methods=["POST"]),
             Route("/export", export, methods=["POST"]),
             Route("/pretrained", pretrained, methods=["POST"]),
+            Route("/explain", explain, methods=["POST"]),
+            Route("/layers", layer_view, methods=["POST"]),
         ],
         exception_handlers={HTTPException: http_error},
     )
@@ -461,13 +629,29 @@ def write_model_dir(
     resize_mode: str,
     checkpoint: ModelCheckpoint,
     exports: list[str],
+    dataset_dir: Path | None = None,
 ) -> ModelInfo:
-    """info.json, labels.txt, weights.safetensors, mean.npy and the requested exports."""
+    """info.json, labels.txt, weights.safetensors, mean.npy and the requested exports.
+
+    int8 and fp16 ONNX need `dataset_dir`, the job's dataset: they are calibrated on its
+    training split and measured against fp32 on its validation split (info.json's report).
+    """
     files: dict[str, str] = {}
     if "torchscript" in exports:
         files["torchscript"] = "model.torchscript.pt"
     if "onnx" in exports:
         files["onnx"] = "model.onnx"
+    edge = [e for e in quantize.EDGE_EXPORTS if e in exports]
+    for name in edge:
+        files[name.replace("-", "_")] = quantize.FILES[name]
+    data = None
+    if edge:  # read before anything is written: a job whose data is gone fails at once
+        if dataset_dir is None:
+            raise quantize.EdgeExportError(
+                "int8 and fp16 exports are calibrated and checked on the job's dataset, "
+                "which is gone"
+            )
+        data = quantize.load_edge_data(dataset_dir, model)
     # described (and so validated) before anything is written
     info = inference.info_json(
         model,
@@ -483,7 +667,11 @@ def write_model_dir(
         np.save(folder / "mean.npy", mean, allow_pickle=False)
     if "torchscript" in files:
         inference.export_torchscript(model, folder / files["torchscript"])
-    if "onnx" in files:
+    if data is not None:
+        onnx = [e for e in exports if e.startswith("onnx")]
+        report = quantize.write_edge_exports(model, folder, onnx, data, torch.get_num_threads())
+        info = info.model_copy(update={"export_report": ExportReport.model_validate(report)})
+    elif "onnx" in files:
         inference.export_onnx(model, folder / files["onnx"])
     (folder / "info.json").write_text(info.model_dump_json(indent=2))
     return info

@@ -11,7 +11,7 @@ from celery import shared_task
 from shared import artifacts
 from shared.archives import UnsafeArchive
 from shared.models import Dataset, Job, Status
-from shared.queue import EVALUATE, IMPORT_DATASET, INFER, TRAIN
+from shared.queue import EVALUATE, EXPLAIN, IMPORT_DATASET, INFER, TRAIN
 from shared.schemas.datasets import DatasetOptions
 from shared.schemas.work import IMPORT_SOURCE
 from worker import context, lifecycle
@@ -104,3 +104,11 @@ def evaluate(job_id: str) -> None:
     from worker.model_jobs import run_evaluation
 
     lifecycle.run(Job, uuid.UUID(job_id), run_evaluation)
+
+
+@shared_task(name=EXPLAIN, ignore_result=True)
+def explain(job_id: str) -> None:
+    """Explain a batch of images (heat maps) as a job."""
+    from worker.model_jobs import run_explanations
+
+    lifecycle.run(Job, uuid.UUID(job_id), run_explanations)

@@ -30,6 +30,7 @@ class JobKind(StrEnum):
     TRAIN = "train"
     INFERENCE = "inference"
     EVALUATE = "evaluate"
+    EXPLAIN = "explain"
 
 
 class ResizeMode(StrEnum):

@@ -44,6 +44,44 @@ class ImageClassification(BaseModel):
     )
 
 
+class Histogram(BaseModel):
+    """20 equal bins over [min, max] (a constant tensor: min +- 0.5)."""
+
+    counts: list[int] = Field(description="Values per bin; with `nonfinite`, the element count")
+    edges: list[float] = Field(description="The 21 bin edges")
+
+
+class TensorStats(BaseModel):
+    """DIGITS's statistics of a weight or activation tensor (finite values only)."""
+
+    shape: list[int]
+    mean: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    histogram: Histogram
+    nonfinite: int = Field(description="NaN and infinite values, left out of the rest")
+
+
+class LayerView(BaseModel):
+    """One layer of the network on one image (DIGITS's per-layer weights and activations)."""
+
+    name: str = Field(description="The module's name in the network (`layer1.0.conv1`, `2`)")
+    type: str = Field(description="The module's class (Conv2d, ReLU, Linear, ...)")
+    output_shape: list[int] = Field(description="Its output for this image, without the batch")
+    param_count: int = Field(description="Weights plus biases of this layer")
+    calls: int = Field(description="How often it ran (a ResNet block's ReLU runs twice)")
+    weights: TensorStats | None = Field(description="Of its `weight`; none for parameter-free")
+    activations: TensorStats
+    activations_png: str | None = Field(
+        description="Base64 PNG: its first 64 channels tiled, heat-mapped (a flat output as a "
+        "grid); at most 256 px a side"
+    )
+    filters_png: str | None = Field(
+        description="Base64 PNG of the first convolution's filters (only on that layer)"
+    )
+
+
 class ClassifyResult(BaseModel):
     """Interactive classification (answered directly)."""
 
@@ -51,6 +89,58 @@ class ClassifyResult(BaseModel):
     checkpoint: str
     predictions: list[ImageClassification]
     milliseconds: float = Field(description="Time the model service spent")
+    layers: list[LayerView] | None = Field(
+        default=None, description="With visualize=true: every layer of the one image, in order"
+    )
+
+
+ExplainMethod = Literal["gradcam", "gradcampp", "layercam", "integrated_gradients", "occlusion"]
+
+
+class ImageExplanation(BaseModel):
+    """Why the model gave one image its class: a heat map and what it was computed from."""
+
+    filename: str
+    top: list[Prediction]
+    target: Prediction | None = Field(description="The class explained (default: the top one)")
+    method: ExplainMethod
+    layer: str | None = Field(description="The layer of a CAM method; none for pixel methods")
+    map_size: list[int] = Field(description="[height, width] of `map`")
+    overlay_png: str | None = Field(
+        description="Base64 PNG: the heat map (jet) over the image the network saw, enlarged "
+        "to at least 112 px for small inputs"
+    )
+    map: list[list[float]] | None = Field(
+        default=None,
+        description="With raw=true: the map as numbers. CAMs: at the layer's resolution, not "
+        "normalised; integrated_gradients: per input pixel, signed, summed over channels (they "
+        "add up to the target's logit minus a black image's); occlusion: per pixel, the logit "
+        "drop when covered",
+    )
+    note: str | None = Field(default=None, description="A coarse map, the occlusion window")
+    convergence_delta: float | None = Field(
+        default=None, description="integrated_gradients: attribution sum minus output difference"
+    )
+    error: str | None = Field(default=None, description="Why this image was not explained")
+
+
+class ExplainResult(BaseModel):
+    """Interactive explanations (answered directly)."""
+
+    job_id: uuid.UUID
+    checkpoint: str
+    method: ExplainMethod
+    explanations: list[ImageExplanation]
+    milliseconds: float = Field(description="Time the model service spent")
+
+
+class ExplanationPage(BaseModel):
+    """A page of an explain job's explanations."""
+
+    items: list[ImageExplanation]
+    total: int
+    page: int
+    per_page: int
 
 
 class InferenceResults(BaseModel):
@@ -248,6 +338,47 @@ class ModelFiles(BaseModel):
     mean: FileName | None = None
     torchscript: FileName | None = None
     onnx: FileName | None = None
+    onnx_int8: FileName | None = None
+    onnx_fp16: FileName | None = None
+
+
+EdgeExport = Literal["onnx", "onnx-int8", "onnx-fp16"]
+
+
+class ExportFigures(BaseModel):
+    """One ONNX variant measured at export time on the job's validation split."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    file: FileName | None = Field(description="In the archive; none: measured, not included")
+    bytes: int = Field(ge=0)
+    top1: FiniteFloat | None = None
+    agreement: FiniteFloat | None = Field(
+        default=None, description="Share of validation images with the fp32 model's class"
+    )
+    latency_ms: FiniteFloat | None = Field(
+        default=None, description="CPU, one image per call, median of 30 runs"
+    )
+    size_ratio: FiniteFloat | None = Field(default=None, description="bytes over fp32's")
+    speedup: FiniteFloat | None = Field(default=None, description="fp32 latency over this one")
+
+
+class ExportReport(BaseModel):
+    """fp32 against int8/fp16 ONNX, measured when the archive was made."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    validation_split: ShortText | None
+    validation_images: int = Field(ge=0)
+    calibration_split: ShortText
+    calibration_images: int = Field(ge=0)
+    calibration_method: ShortText
+    onnxruntime: ShortText | None = None
+    cpu: ShortText | None = None
+    threads: int = Field(default=0, ge=0, description="0: ONNX Runtime's default")
+    convert_seconds: FiniteFloat | None = None
+    variants: dict[EdgeExport, ExportFigures]
+    warnings: list[ShortText] = Field(default_factory=list, max_length=16)
 
 
 class ModelInfo(BaseModel):
@@ -270,6 +401,9 @@ class ModelInfo(BaseModel):
     checkpoint: ModelCheckpoint = Field(default_factory=ModelCheckpoint)
     metrics: dict[ShortText, FiniteFloat] = Field(default_factory=dict, max_length=MAX_METRICS)
     files: ModelFiles
+    export_report: ExportReport | None = Field(
+        default=None, description="With onnx-int8/onnx-fp16 exports: what they were measured at"
+    )
 
     @model_validator(mode="after")
     def _distinct_classes(self) -> ModelInfo:
@@ -367,8 +501,13 @@ class ModelServiceExport(BaseModel):
     name: StrictStr = Field(default="model", max_length=1000, description="cut to 200 chars")
     resize_mode: ResizeMode = ResizeMode.SQUASH
     checkpoint: ModelCheckpoint = Field(default_factory=ModelCheckpoint)
-    exports: list[Literal["torchscript", "onnx"]] = Field(default_factory=list, max_length=2)
+    exports: list[Literal["torchscript", "onnx", "onnx-int8", "onnx-fp16"]] = Field(
+        default_factory=list, max_length=4
+    )
     format: ArchiveFormat = "tar.gz"
+    dataset_id: uuid.UUID | None = Field(
+        default=None, description="the job's dataset: calibration and validation of int8/fp16"
+    )
 
 
 class ModelServicePretrained(BaseModel):

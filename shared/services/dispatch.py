@@ -107,7 +107,9 @@ def message_for(row: Job | Dataset, workers: list[Worker] | None = None) -> Mess
             if target is None:
                 return None
         return queue.training_message(row.id, target, int(row.request.get("gpus") or 1))
-    task = queue.INFER if row.kind == JobKind.INFERENCE else queue.EVALUATE
+    task = {JobKind.INFERENCE: queue.INFER, JobKind.EXPLAIN: queue.EXPLAIN}.get(
+        row.kind, queue.EVALUATE
+    )
     return queue.cpu_message(task, row.id)
 
 

@@ -56,12 +56,16 @@ class Classifier(nn.Module):
         self.top = (height - self.crop) // 2 if self.crop else 0
         self.left = (width - self.crop) // 2 if self.crop else 0
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """What the network sees: float N x C x H x W, mean subtracted, scaled, cropped."""
         x = images.permute(0, 3, 1, 2).to(torch.float32)
         x = (x - self.mean) * (1.0 / 255.0)
         if self.crop:
             x = x[:, :, self.top : self.top + self.crop, self.left : self.left + self.crop]
-        return torch.softmax(self.net(x).float(), dim=1)
+        return x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(self.preprocess(images)).float(), dim=1)
 
 
 @dataclass
