@@ -22,6 +22,7 @@ BENCHES = [
     "api_bench",
     "tta_bench",
     "memory_bench",
+    "insight_bench",
 ]
 RESULTS = ROOT / "bench" / "results.jsonl"
 

@@ -7,6 +7,7 @@ reached; 4 the token was refused; 5 not found; 6 the server rejected the input.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -545,6 +546,71 @@ def classify(api: Api, args: argparse.Namespace) -> int:
     return 0
 
 
+def _overlay_target(output: str | None, image: Path, method: str, many: bool) -> Path:
+    """Where an image's overlay goes: -o itself for one image, a file in -o for several."""
+    name = f"{image.stem}.{method}.png"
+    if output is None:
+        return Path(name)
+    out = Path(output)
+    if many or out.is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        return out / name
+    return out
+
+
+def explain(api: Api, args: argparse.Namespace) -> int:
+    paths = [Path(name) for name in args.images]
+    for path in paths:
+        if not path.is_file():
+            _fail(f"{path} is not a file", EXIT_USAGE)
+    data = {"checkpoint": args.checkpoint, "method": args.method, "top_k": str(args.top_k)}
+    if args.target is not None:
+        data["target"] = args.target
+    resp = api.request(
+        "POST",
+        f"/jobs/{args.job}/explain",
+        files=[("images", (p.name, p.read_bytes(), "application/octet-stream")) for p in paths],
+        data=data,
+        timeout=600,
+    )
+    body = resp.json()
+    if resp.status_code == 202:
+        print(
+            json.dumps(body)
+            if args.json
+            else f"{len(paths)} images: explain job {body['id']} queued; heat maps at "
+            f"/api/v1/jobs/{body['id']}/explanations"
+        )
+        return 0
+    rows, saved = [], []
+    for path, item in zip(paths, body["explanations"], strict=True):
+        if item["error"]:
+            rows.append([path.name, "", "", "", item["error"]])
+            continue
+        out = _overlay_target(args.output, path, args.method, len(paths) > 1)
+        out.write_bytes(base64.b64decode(item["overlay_png"]))
+        saved.append(str(out))
+        top, target = item["top"][0], item["target"]
+        rows.append(
+            [
+                path.name,
+                f"{top['label']} {100 * top['probability']:.1f}%",
+                target["label"],
+                item["layer"] or "(pixels)",
+                str(out),
+            ]
+        )
+    if args.json:
+        _print_json({**body, "saved": saved})
+        return 0
+    _table(
+        ["image", "prediction", "explained", "layer", "overlay"],
+        rows,
+        title=f"{args.method}, checkpoint {body['checkpoint']}, {body['milliseconds']:.1f} ms",
+    )
+    return 0
+
+
 def download(api: Api, args: argparse.Namespace) -> int:
     params = {"checkpoint": args.checkpoint, "format": args.format}
     if args.export:
@@ -691,11 +757,31 @@ def add_client_commands(sub: Any) -> None:
     cl.add_argument("--top-k", type=int, default=5)
     cl.set_defaults(client=classify)
 
+    ex = client_parser("explain", help="heat maps of why a trained job's model chose a class")
+    ex.add_argument("job")
+    ex.add_argument("images", nargs="+")
+    ex.add_argument(
+        "--method",
+        choices=["gradcam", "gradcampp", "layercam", "integrated_gradients", "occlusion"],
+        default="gradcam",
+    )
+    ex.add_argument("--target", help="class label or index to explain (default: the top one)")
+    ex.add_argument("--checkpoint", default="best")
+    ex.add_argument("--top-k", type=int, default=5)
+    ex.add_argument(
+        "-o",
+        "--output",
+        help="PNG to write (a folder for several images); default IMAGE.METHOD.png",
+    )
+    ex.set_defaults(client=explain)
+
     dl = client_parser("download", help="download a trained model")
     dl.add_argument("job")
     dl.add_argument("--checkpoint", default="best")
     dl.add_argument("--format", choices=["tar.gz", "zip"], default="tar.gz")
-    dl.add_argument("--export", help="torchscript, onnx, or both comma-separated")
+    dl.add_argument(
+        "--export", help="torchscript, onnx, onnx-int8, onnx-fp16 (several comma-separated)"
+    )
     dl.add_argument("-o", "--output", help="file to write")
     dl.set_defaults(client=download)
 
