@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.db import utcnow
-from shared.models import Job, Status, User, Worker
+from shared.models import Job, JobKind, Status, User, Worker
 
 TRAIN_KINDS = ("gpu", "cpu-train")
 
@@ -58,12 +58,12 @@ def own_job_ids(session: Session, user: User) -> set[uuid.UUID]:
 def queue(session: Session, stale_after: float, *, show_jobs: bool = True) -> list[QueueEntry]:
     """Waiting jobs in the order they will run, each with its position and the reason it waits.
 
-    With `show_jobs` false, reasons do not name the jobs that keep a worker busy.
+    Training jobs wait for training workers, model jobs (inference, evaluation) for cpu
+    workers; positions count each line separately. With `show_jobs` false, reasons do not name
+    the jobs that keep a worker busy.
     """
     now = utcnow()
-    workers = [w for w in list_workers(session) if w.kind in TRAIN_KINDS]
-    live = [w for w in workers if is_alive(w, stale_after, now)]
-    claimed: set[str] = {w.name for w in live if w.current_job_id is not None}
+    everyone = list_workers(session)
     waiting = list(
         session.scalars(
             select(Job)
@@ -71,44 +71,71 @@ def queue(session: Session, stale_after: float, *, show_jobs: bool = True) -> li
             .order_by(Job.created_at, Job.id)
         )
     )
+    lines = {
+        "train": _Line(
+            [w for w in everyone if w.kind in TRAIN_KINDS],
+            stale_after,
+            now,
+            "no live training worker; start one with `digits worker --gpu N` or --cpu",
+        ),
+        "cpu": _Line(
+            [w for w in everyone if w.kind == "cpu"],
+            stale_after,
+            now,
+            "no live cpu worker; start one with `digits worker --queues cpu`",
+        ),
+    }
     entries: list[QueueEntry] = []
-    for position, job in enumerate(waiting, start=1):
-        target = job.requested_worker
-        if target:
-            matching = [w for w in live if _matches(w, target)]
-            if not matching:
-                known = [w for w in workers if _matches(w, target)]
-                state = "stale or stopped" if known else "not registered"
-                reason = f"no live worker for the requested GPU or worker {target!r} ({state})"
-            elif matching[0].name in claimed:
-                busy = matching[0]
-                running = (
-                    f" with job {busy.current_job_id}" if busy.current_job_id and show_jobs else ""
-                )
-                reason = f"worker {busy.name} is busy{running}"
-            else:
-                claimed.add(matching[0].name)
-                reason = f"starting on {matching[0].name}"
-        else:
-            matching = live
-            free = [w for w in live if w.name not in claimed]
-            if not live:
-                reason = "no live training worker; start one with `digits worker --gpu N` or --cpu"
-            elif free:
-                claimed.add(free[0].name)
-                reason = f"starting on {free[0].name}"
-            else:
-                reason = f"all {len(live)} matching workers are busy"
+    for job in waiting:
+        line = lines["train" if job.kind == JobKind.TRAIN else "cpu"]
+        line.position += 1
+        target = job.requested_worker if job.kind == JobKind.TRAIN else None
+        matching, reason = line.place(target, show_jobs)
         entries.append(
             QueueEntry(
                 job=job,
-                position=position,
+                position=line.position,
                 reason=reason,
                 target=target,
                 candidates=[w.name for w in matching],
             )
         )
     return entries
+
+
+class _Line:
+    """One line of the queue: the workers that serve it, and which of them are spoken for."""
+
+    def __init__(self, workers: list[Worker], stale_after: float, now: datetime, nobody: str):
+        self.workers = workers
+        self.live = [w for w in workers if is_alive(w, stale_after, now)]
+        self.claimed: set[str] = {w.name for w in self.live if w.current_job_id is not None}
+        self.nobody = nobody
+        self.position = 0
+
+    def place(self, target: str | None, show_jobs: bool) -> tuple[list[Worker], str]:
+        """The workers that could run the next job of this line, and why it waits."""
+        if target:
+            matching = [w for w in self.live if _matches(w, target)]
+            if not matching:
+                known = [w for w in self.workers if _matches(w, target)]
+                state = "stale or stopped" if known else "not registered"
+                return [], f"no live worker for the requested GPU or worker {target!r} ({state})"
+            if matching[0].name in self.claimed:
+                busy = matching[0]
+                running = (
+                    f" with job {busy.current_job_id}" if busy.current_job_id and show_jobs else ""
+                )
+                return matching, f"worker {busy.name} is busy{running}"
+            self.claimed.add(matching[0].name)
+            return matching, f"starting on {matching[0].name}"
+        if not self.live:
+            return [], self.nobody
+        free = [w for w in self.live if w.name not in self.claimed]
+        if free:
+            self.claimed.add(free[0].name)
+            return self.live, f"starting on {free[0].name}"
+        return self.live, f"all {len(self.live)} matching workers are busy"
 
 
 def queue_entry(session: Session, job_id: uuid.UUID, stale_after: float) -> QueueEntry | None:

@@ -258,6 +258,18 @@ def test_each_waiting_reason(session: Session, user: User) -> None:
     session.flush()
     entries = {e.job.id: e for e in fleet.queue(session, 30)}
     assert "(stale or stopped)" in entries[pinned.id].reason
+    # model work waits for cpu workers, not training ones, and counts its own line
+    evaluation = Job(kind=JobKind.EVALUATE, owner_id=user.id, name="e", request={})
+    lifecycle.create(session, [evaluation])
+    entries = {e.job.id: e for e in fleet.queue(session, 30)}
+    assert entries[evaluation.id].reason.startswith("no live cpu worker")
+    assert entries[evaluation.id].position == 1
+    session.add(
+        Worker(name="c1", hostname="h", pid=1, kind="cpu", heartbeat_at=now, queues=["cpu"])
+    )
+    session.flush()
+    entries = {e.job.id: e for e in fleet.queue(session, 30)}
+    assert entries[evaluation.id].reason == "starting on c1"
 
 
 def _dataset(session: Session, user: User) -> Dataset:
