@@ -12,8 +12,14 @@ from fastapi import FastAPI
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 
 from api.errors import install_error_handlers
-from api.middleware import AuthGateMiddleware, BodyLimitMiddleware, gate_authenticator
+from api.middleware import (
+    AuthGateMiddleware,
+    BodyLimitMiddleware,
+    cached_principal,
+    gate_authenticator,
+)
 from api.openapi import build_openapi
+from api.reads import make_reads
 from api.routers import (
     catalog,
     datasets,
@@ -56,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings)
         app.state.engine = engine
         app.state.session_factory = make_session_factory(engine)
+        # the hot reads (a job, a page of jobs): async on PostgreSQL, see api.reads
+        app.state.reads = make_reads(engine)
         app.state.celery = create_celery(settings)
         # what a request's services enqueue leaves for the broker after its commit
         dispatch.install(
@@ -78,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await app.state.model_client.aclose()
             app.state.model_http.close()
+            await app.state.reads.close()
             engine.dispose()
 
     app = FastAPI(
@@ -107,7 +116,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/octet-stream"),
     )
     # outermost: credentials are checked before anything reads (or even caps) a body
-    app.add_middleware(AuthGateMiddleware, authenticate=gate_authenticator(app))
+    app.add_middleware(
+        AuthGateMiddleware, authenticate=gate_authenticator(app), cached=cached_principal
+    )
     app.include_router(health.router, prefix=API_PREFIX)
     guarded: dict[int | str, dict[str, Any]] = {
         401: {"model": Problem, "description": "Missing, malformed or revoked token"},

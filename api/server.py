@@ -9,10 +9,13 @@ descriptor). This protocol closes a connection whose request headers are not com
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
+from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from api.main import create_app
 from shared.settings import Settings
 
 
@@ -59,6 +62,25 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
+# young collections every 50,000 allocations (not 700), full ones after 100 young ones
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def create_served_app() -> FastAPI:
+    """The app as the server runs it, with the collector tuned for a long-lived process.
+
+    Full collections found nothing to free in the API yet stopped it for 0.4 s each, a few
+    times a minute under load: the p99 of get-job at concurrency 32. The objects alive after
+    start-up (routes, schemas, models) leave the collector's scans (`gc.freeze`), and
+    collections run less often.
+    """
+    app = create_app()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    return app
+
+
 def serve(settings: Settings, host: str, port: int) -> None:
     """Run the API (uvicorn, httptools, header deadline)."""
     import uvicorn
@@ -69,7 +91,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
         {"header_timeout": settings.header_read_timeout},
     )
     uvicorn.run(
-        "api.main:create_app",
+        "api.server:create_served_app",
         factory=True,
         host=host,
         port=port,

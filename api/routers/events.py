@@ -6,14 +6,13 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from api.deps import CurrentUser, SessionDep, get_current_user
 from api.streams import sse_response
 from shared.errors import InvalidInput
 from shared.schemas.common import Problem
-from shared.schemas.jobs import MetricsBatchRead, MetricSeriesRead
-from shared.services import jobs as jobs_service
+from shared.schemas.jobs import MetricsBatchRead
 from shared.services import metrics as metrics_service
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(get_current_user)])
@@ -84,13 +83,26 @@ def metrics_batch(
     jobs: Annotated[str, Query(max_length=8000, description="Comma-separated job ids (<= 200)")],
     names: Annotated[str | None, Query(description="Comma-separated series names")] = None,
     max_points: Annotated[int | None, Query(ge=2, le=100_000)] = 2000,
-) -> MetricsBatchRead:
+    columns: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="Comma-separated columns of step, epoch, value, time (default all)",
+        ),
+    ] = None,
+) -> Response:
     """Columnar, decimated series of many jobs in one request (a compare page's)."""
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
-    found = {}
-    for job_id in _ids(jobs):
-        job = jobs_service.get_job(session, job_id, user)
-        found[str(job_id)] = MetricSeriesRead.model_validate(
-            metrics_service.columnar(session, job, names=wanted, max_points=max_points)
-        )
-    return MetricsBatchRead(jobs=found)
+    try:
+        chosen = metrics_service.parse_columns(columns)
+    except ValueError as exc:
+        raise InvalidInput(f"columns: {exc}", code="invalid_columns") from exc
+    # one query for the jobs and one for all their points (it was two per job: 100 jobs x
+    # 5 series took 9-14 s)
+    starts = metrics_service.visible_starts(session, _ids(jobs), user)
+    found = metrics_service.read_series(
+        session, starts, names=wanted, max_points=max_points, columns=chosen
+    )
+    batch = MetricsBatchRead.model_validate({"jobs": {str(k): v for k, v in found.items()}})
+    # serialised once here: returned as a model, FastAPI would validate it again
+    return Response(batch.model_dump_json(exclude_unset=True), media_type="application/json")

@@ -8,10 +8,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
+from api.conditional import NOT_MODIFIED, IfNoneMatch, json_or_not_modified
 from api.deps import CurrentUser, SessionDep, SettingsDep, get_current_user
 from api.streams import sse_response
 from shared import artifacts
+from shared.db import reading
 from shared.errors import InvalidInput
 from shared.models import Status
 from shared.schemas.common import PROBLEM_RESPONSES, Page, Problem
@@ -26,7 +29,7 @@ from shared.schemas.jobs import (
     MetricSeriesRead,
     MetricsRead,
 )
-from shared.services import fleet
+from shared.services import fleet, job_reads
 from shared.services import jobs as jobs_service
 from shared.services import metrics as metrics_service
 
@@ -38,6 +41,19 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem}, 422: {"mo
 
 
 MAX_INT = 2**63 - 1  # the largest cursor a database integer holds
+COLUMNS_QUERY = Query(
+    max_length=64,
+    description="columnar: comma-separated columns of step, epoch, value, time (default all)",
+)
+
+
+def _columns(raw: str | None) -> tuple[str, ...]:
+    try:
+        return metrics_service.parse_columns(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"columns: {exc}", code="invalid_columns") from exc
+
+
 LOG_CHUNK = 1024 * 1024
 
 
@@ -65,20 +81,23 @@ def create_job(
     operation_id="list_jobs",
     summary="List jobs",
     response_model=Page[JobRead],
-    responses={422: {"model": Problem}},
+    responses={422: {"model": Problem}, **NOT_MODIFIED},
 )
-def list_jobs(
-    session: SessionDep,
+async def list_jobs(
+    request: Request,
     user: CurrentUser,
     status: Status | None = None,
     group: str | None = None,
     dataset_id: uuid.UUID | None = None,
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=200)] = 25,
-) -> Page[JobRead]:
+    if_none_match: Annotated[str | None, IfNoneMatch] = None,
+) -> Response:
     """A page of jobs, newest first, filtered by status, group or dataset."""
-    items, total = jobs_service.list_jobs(
-        session,
+    reads = request.app.state.reads
+    body = await job_reads.list_jobs_json(
+        reads,
+        reads.dialect,
         user,
         status=status,
         group=group,
@@ -86,9 +105,7 @@ def list_jobs(
         page=page,
         per_page=per_page,
     )
-    return Page[JobRead](
-        items=jobs_service.read_many(session, items), total=total, page=page, per_page=per_page
-    )
+    return json_or_not_modified(body, if_none_match)
 
 
 @router.get(
@@ -96,19 +113,31 @@ def list_jobs(
     operation_id="get_job",
     summary="Show a job",
     response_model=JobRead,
-    responses=NOT_FOUND,
+    responses={**NOT_FOUND, **NOT_MODIFIED},
 )
-def get_job(
-    job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, user: CurrentUser
-) -> JobRead:
-    """A job: its request, status history, progress, ETA, worker, best and last metrics."""
-    job = jobs_service.get_job(session, job_id, user)
-    read = jobs_service.read(session, job)
-    if job.status == Status.WAITING:
-        entry = fleet.queue_entry(session, job.id, settings.worker_stale_after)
+async def get_job(
+    job_id: uuid.UUID,
+    request: Request,
+    settings: SettingsDep,
+    user: CurrentUser,
+    if_none_match: Annotated[str | None, IfNoneMatch] = None,
+) -> Response:
+    """A job: its request, status history, progress, ETA, worker, best and last metrics.
+
+    Send its ETag back in If-None-Match: an unchanged job answers 304 with no body.
+    """
+    state = request.app.state
+    body, status = await job_reads.read_job(state.reads, job_id, user)
+    if status == Status.WAITING:  # where it stands in the queue, and why (the ORM's rules)
+
+        def queue_entry() -> fleet.QueueEntry | None:
+            with reading(state.session_factory) as session:
+                return fleet.queue_entry(session, job_id, settings.worker_stale_after)
+
+        entry = await run_in_threadpool(queue_entry)
         if entry is not None:
-            read.queue_position, read.waiting_reason = entry.position, entry.reason
-    return read
+            body = job_reads.with_queue_entry(body, entry.position, entry.reason)
+    return json_or_not_modified(body, if_none_match)
 
 
 @router.patch(
@@ -209,18 +238,27 @@ def get_metrics(
         int | None,
         Query(ge=2, le=100_000, description="columnar: decimate each series to this many"),
     ] = None,
-) -> MetricsRead | MetricSeriesRead:
+    columns: Annotated[str | None, COLUMNS_QUERY] = None,
+) -> MetricsRead | MetricSeriesRead | Response:
     """Named series (train.loss, val.accuracy, ...), oldest first; resume with `since`.
 
     `format=columnar` answers each series as columns (step, epoch, value, seconds since the
-    job was created), min-max decimated to `max_points`, for charts.
+    job was created), min-max decimated to `max_points`, for charts; `columns` picks some.
     """
     job = jobs_service.get_job(session, job_id, user)
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
     if format == "columnar":
-        return MetricSeriesRead.model_validate(
-            metrics_service.columnar(session, job, names=wanted, since=since, max_points=max_points)
+        found = metrics_service.columnar(
+            session,
+            job,
+            names=wanted,
+            since=since,
+            max_points=max_points,
+            columns=_columns(columns),
         )
+        # serialised once here: returned as a model, FastAPI would validate it again
+        body = MetricSeriesRead.model_validate(found).model_dump_json(exclude_unset=True)
+        return Response(body, media_type="application/json")
     points = jobs_service.metrics(session, job_id, names=wanted, since=since, limit=limit)
     return MetricsRead(
         items=[

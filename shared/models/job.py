@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import Base
@@ -17,6 +17,11 @@ class Job(QueuedWork, Base):
     """A unit of queued work; the row, not the broker, is the source of truth for its state."""
 
     __tablename__ = "job"
+    # GET /jobs: newest first among the jobs not being deleted (all, or one owner's)
+    __table_args__ = (
+        Index("ix_job_listing", "delete_requested", "created_at", "id"),
+        Index("ix_job_owner_listing", "owner_id", "delete_requested", "created_at", "id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     kind: Mapped[JobKind] = mapped_column(str_enum(JobKind), default=JobKind.TRAIN, index=True)

