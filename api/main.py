@@ -31,6 +31,7 @@ from api.routers import (
     models,
     prometheus,
     session,
+    studies,
     ui,
     users,
 )
@@ -108,11 +109,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         json_limit=settings.max_json_bytes,
         read_timeout=settings.body_read_timeout,
     )
-    # the UI's modules shrink 3-4x; model archives are compressed already
+    # the UI's modules shrink 3-4x; model archives are compressed already. Level 1: a compare
+    # page's 1 MB of series took 129 ms to compress at level 6 and 30 ms at level 1, 9% larger
+    # (the UI's JavaScript: 115 KB instead of 104)
     app.add_middleware(
         GZipMiddleware,
         minimum_size=1024,
-        compresslevel=6,
+        compresslevel=1,
         exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/octet-stream"),
     )
     # outermost: credentials are checked before anything reads (or even caps) a body
@@ -132,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users.router, prefix=API_PREFIX, responses=guarded)
     app.include_router(models.router, prefix=API_PREFIX, responses=guarded)
     app.include_router(insight.router, prefix=API_PREFIX, responses=guarded)
+    app.include_router(studies.router, prefix=API_PREFIX, responses=guarded)
     app.include_router(prometheus.router, responses=guarded)
     app.include_router(session.router, prefix=API_PREFIX)
     ui.install(app)

@@ -305,8 +305,8 @@ def jobs_create(api: Api, args: argparse.Namespace) -> int:
         "network": network,
         "hyperparameters": _hyper(args),
     }
-    for key in ("group", "notes", "gpu"):
-        if getattr(args, key):
+    for key in ("group", "notes", "gpu", "recipe"):
+        if getattr(args, key, None):
             body[key] = getattr(args, key)
     created = api.json("POST", "/jobs", json=body)
     if args.json and not args.watch:
@@ -725,6 +725,11 @@ def add_client_commands(sub: Any) -> None:
     jc.add_argument("--group")
     jc.add_argument("--notes")
     jc.add_argument("--gpu", help="a worker name or GPU UUID")
+    jc.add_argument(
+        "--recipe",
+        choices=["digits", "recommended"],
+        help="what fills the options left out: DIGITS's defaults, or the network's recommended",
+    )
     _hyper_args(jc)
     jc.add_argument("--watch", action="store_true", help="follow it to the end")
     jc.set_defaults(client=jobs_create)
@@ -785,6 +790,9 @@ def add_client_commands(sub: Any) -> None:
     dl.add_argument("-o", "--output", help="file to write")
     dl.set_defaults(client=download)
 
+    from cli.studies import add_study_commands  # it imports this module's helpers
+
+    add_study_commands(sub, _hyper_args)
     client_parser("gpus", help="the fleet's GPUs and what they run").set_defaults(client=gpus)
     client_parser("queue", help="workers, waiting jobs and why they wait").set_defaults(
         client=queue
@@ -794,13 +802,28 @@ def add_client_commands(sub: Any) -> None:
 def _hyper_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, nargs="+", help="several values make a sweep")
-    p.add_argument("--learning-rate", type=float, nargs="+", help="several values make a sweep")
+    p.add_argument(
+        "--learning-rate",
+        type=lambda v: v if v == "auto" else float(v),
+        nargs="+",
+        help="several values make a sweep; auto runs the LR range test first",
+    )
     p.add_argument(
         "--solver", choices=["sgd", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "adamw"]
     )
     p.add_argument(
         "--lr-policy",
-        choices=["fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid", "cosine"],
+        choices=[
+            "fixed",
+            "step",
+            "multistep",
+            "exp",
+            "inv",
+            "poly",
+            "sigmoid",
+            "cosine",
+            "onecycle",
+        ],
     )
     p.add_argument("--momentum", type=float)
     p.add_argument("--weight-decay", type=float)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid", "cosine")
+POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid", "cosine", "onecycle")
+# onecycle starts at lr0 / ONECYCLE_DIV (torch's OneCycleLR div_factor) and ends at the floor
+ONECYCLE_DIV = 25.0
 
 
 def lr_at(p: float, lr0: float, policy: str, params: dict[str, Any]) -> float:
@@ -71,6 +73,16 @@ def _policy(p: float, lr0: float, policy: str, params: dict[str, Any]) -> float:
     if policy == "cosine":
         floor = lr0 * float(params.get("min_lr_pct", 0.0)) / 100.0
         return floor + (lr0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p / 100.0))
+    if policy == "onecycle":
+        # Smith's one cycle as torch's OneCycleLR: a cosine rise from lr0/25 to lr0 over the
+        # first step_size % (default 25), then a cosine fall to the floor (min_lr_pct of lr0)
+        peak = float(params.get("step_size", 25.0))
+        start = lr0 / ONECYCLE_DIV
+        floor = lr0 * float(params.get("min_lr_pct", 0.0)) / 100.0
+        if p < peak:
+            return start + (lr0 - start) * 0.5 * (1.0 - math.cos(math.pi * p / peak))
+        done = (p - peak) / max(1e-9, 100.0 - peak)
+        return floor + (lr0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
     raise ValueError(f"unknown lr policy {policy!r}; choose one of {', '.join(POLICIES)}")
 
 

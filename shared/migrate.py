@@ -25,6 +25,10 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     if settings.sqlalchemy_url.startswith("sqlite"):
         settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(settings.sqlalchemy_url), revision)
+    if revision == "head" and not settings.sqlalchemy_url.startswith("sqlite"):
+        from shared import tuning
+
+        tuning.prepare(settings)  # Optuna's tables, in their own schema, once
 
 
 def downgrade(settings: Settings, revision: str) -> None:

@@ -69,6 +69,32 @@ CATALOG: dict[str, NetworkInfo] = {
     ]
 }
 
+# Recipes that train well without tuning (a user who sets only the epochs gets a good model):
+# one-cycle schedules, as fastai's and torchvision's reference recipes use. DIGITS's own
+# defaults (SGD at 0.01, step policy, weight decay lr/100) stay the API's defaults; a job
+# gets these with `"recipe": "recommended"`.
+_SGD_ONECYCLE = {"solver": "sgd", "momentum": 0.9, "lr_policy": "onecycle", "weight_decay": 5e-4}
+_ADAMW_ONECYCLE = {"solver": "adamw", "lr_policy": "onecycle"}
+RECOMMENDED: dict[str, dict[str, object]] = {
+    "lenet": {**_SGD_ONECYCLE, "learning_rate": 0.05, "batch_size": 64},
+    "alexnet": {**_SGD_ONECYCLE, "learning_rate": 0.02, "batch_size": 128},
+    "googlenet": {**_SGD_ONECYCLE, "learning_rate": 0.05, "batch_size": 64},
+    "resnet18": {**_SGD_ONECYCLE, "learning_rate": 0.1, "batch_size": 128},
+    "resnet50": {**_SGD_ONECYCLE, "learning_rate": 0.1, "batch_size": 64},
+    "vgg16": {**_SGD_ONECYCLE, "learning_rate": 0.02, "batch_size": 64},
+    "mobilenet_v3_small": {**_ADAMW_ONECYCLE, "learning_rate": 2e-3, "weight_decay": 0.01},
+    "mobilenet_v3_large": {**_ADAMW_ONECYCLE, "learning_rate": 2e-3, "weight_decay": 0.01},
+    "efficientnet_b0": {**_ADAMW_ONECYCLE, "learning_rate": 2e-3, "weight_decay": 0.01},
+    "convnext_tiny": {**_ADAMW_ONECYCLE, "learning_rate": 1e-3, "weight_decay": 0.05},
+    "vit_b_16": {**_ADAMW_ONECYCLE, "learning_rate": 5e-4, "weight_decay": 0.05},
+}
+
+
+def recommended(name: str) -> dict[str, object]:
+    """The recommended recipe of a standard network (its hyperparameters)."""
+    return dict(RECOMMENDED.get(name, {}))
+
+
 NetworkName = Literal[
     "lenet",
     "alexnet",

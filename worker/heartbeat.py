@@ -16,7 +16,7 @@ from shared.db import session_scope, utcnow
 from shared.gpus import detect_gpus
 from shared.models import Job, Status, Worker
 from shared.services import dispatch
-from worker import context
+from worker import context, trials
 
 log = logging.getLogger("digits.worker.heartbeat")
 
@@ -111,6 +111,7 @@ class Heartbeat:
         ctx = context.get()
         with session_scope(ctx.sessions) as session:
             sweep = dispatch.reap(session, ctx.settings)
+        trials.sweep()  # tuning studies: tell Optuna how ended trials went, ask for more
         for subject, row_id in sweep.purged:
             if subject == "job":
                 artifacts.remove_job(ctx.settings, row_id)

@@ -362,10 +362,12 @@ def _restore_log(store: artifacts.ArtifactStore, key: str, path: Path) -> None:
 
 
 def _forget_after(sessions: Any, job_id: uuid.UUID, step: int) -> None:
-    """Before resuming from `step`, drop what the lost attempt recorded after it."""
+    """Before resuming from `step`, drop what the lost attempt recorded after it (the LR
+    range test's curve stays: its steps are its own, and a resumed job does not rerun it)."""
+    kept = [MetricPoint.name.not_like("lr\\_find.%", escape="\\")] if step >= 0 else []
     with session_scope(sessions) as session:
         session.execute(
-            delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > step)
+            delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > step, *kept)
         )
         session.execute(
             delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step > step)
@@ -413,7 +415,7 @@ def child_main(
 
     from worker.reporter import DbReporter, LogForwarder
     from worker.telemetry import Sampler
-    from worker.training.engine import TrainingError, TrainSpec, train
+    from worker.training.engine import Diverged, TrainingError, TrainSpec, train
 
     resume, step = _pick_resume(plan.resume_candidates, store)
     if resume is not None:
@@ -449,6 +451,9 @@ def child_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which stops us
     reporter.flush()  # reads the abort flag: a job aborted while its child started stops here
     reporter.start()
+    from worker import trials
+
+    on_validation = trials.hook(sessions, settings, job_id, reporter)  # a study's trial
     sampler = Sampler(reporter.telemetry, interval=settings.telemetry_interval).start()
     spec = TrainSpec(
         dataset_dir=Path(plan.dataset_dir),
@@ -460,6 +465,7 @@ def child_main(
         resume_checkpoint=resume,
         rank=0,
         world_size=plan.world_size,
+        on_validation=on_validation,
     )
     outcome = TrainingOutcome(status="done")
     try:
@@ -471,8 +477,11 @@ def child_main(
         else:
             if result.outcome == "early_stopped":
                 reporter.log(f"early stopping at epoch {result.epoch:.2f}")
-            outcome = TrainingOutcome(
-                status="done", steps=result.steps, images_per_second=result.images_per_second
+            outcome = TrainingOutcome(  # pruned: done, and the reason says where and why
+                status="done",
+                reason=result.reason,
+                steps=result.steps,
+                images_per_second=result.images_per_second,
             )
         log.info(
             "job=%s %s after %d steps, %.1f images/s",
@@ -483,6 +492,14 @@ def child_main(
         )
     except _AbortedBeforeStart:
         outcome = TrainingOutcome(status="aborted", reason="aborted by user")
+    except Diverged as exc:
+        if on_validation is None:
+            outcome = TrainingOutcome(status="error", reason=str(exc))
+        else:  # a study's trial: a diverged trial is a bad one, pruned
+            outcome = TrainingOutcome(
+                status="done", reason=trials.diverged(reporter, exc.step, exc.epoch, str(exc))
+            )
+        log.error("job=%s training diverged: %s", job_id, exc)
     except TrainingError as exc:
         outcome = TrainingOutcome(status="error", reason=str(exc))
         log.error("job=%s training failed: %s", job_id, exc)

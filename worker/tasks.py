@@ -14,7 +14,7 @@ from shared.models import Dataset, Job, Status
 from shared.queue import EVALUATE, EXPLAIN, IMPORT_DATASET, INFER, TRAIN
 from shared.schemas.datasets import DatasetOptions
 from shared.schemas.work import IMPORT_SOURCE
-from worker import context, lifecycle
+from worker import context, lifecycle, trials
 from worker.datasets.importer import DatasetImportError, ImportAborted
 
 log = logging.getLogger("digits.worker")
@@ -87,7 +87,9 @@ def train(job_id: str) -> None:
     """Train one job in a fresh child process; a duplicate delivery trains nothing."""
     from worker.runner import train_job
 
-    lifecycle.run(Job, uuid.UUID(job_id), train_job)
+    outcome = lifecycle.run(Job, uuid.UUID(job_id), train_job)
+    if outcome is not None and not outcome.lost and outcome.status.is_final:
+        trials.after(uuid.UUID(job_id))  # a study's trial: tell it, ask for the next
 
 
 @shared_task(name=INFER, ignore_result=True)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from api.deps import get_current_user
 from shared import lr_policy
 from shared.errors import InvalidInput
-from shared.networks import CATALOG
+from shared.networks import CATALOG, recommended
 from shared.schemas.common import Problem
 from shared.schemas.jobs import LRParams, LRPolicy, LRPreview, NetworkRead
 
@@ -23,7 +23,8 @@ router = APIRouter(tags=["catalog"], dependencies=[Depends(get_current_user)])
     response_model=list[NetworkRead],
 )
 def list_networks() -> list[NetworkRead]:
-    """Standard networks (DIGITS's three and torchvision's), plus custom and previous."""
+    """Standard networks (DIGITS's three and torchvision's), plus custom and previous, each
+    with the recipe `"recipe": "recommended"` gives a job (DIGITS's defaults otherwise)."""
     items = [
         NetworkRead(
             name=n.name,
@@ -31,6 +32,7 @@ def list_networks() -> list[NetworkRead]:
             family=n.family,
             description=n.description,
             default_batch_size=n.default_batch_size,
+            recommended=recommended(n.name),
         )
         for n in CATALOG.values()
     ]

@@ -67,6 +67,8 @@ CLIENT_ROUTES = (
     "/models",
     "/settings",
     "/compare",
+    "/studies",
+    "/studies/{rest:path}",
     "/jobs/{rest:path}",
     "/datasets/{rest:path}",
 )

@@ -6,6 +6,7 @@ from shared.models.job import Job
 from shared.models.lifecycle import StatusChange
 from shared.models.metrics import Checkpoint, JobEvent, MetricPoint
 from shared.models.pretrained import PretrainedModel
+from shared.models.study import Study, StudyStatus
 from shared.models.user import ApiToken, User
 from shared.models.worker import Worker
 
@@ -21,6 +22,8 @@ __all__ = [
     "ResizeMode",
     "Status",
     "StatusChange",
+    "Study",
+    "StudyStatus",
     "User",
     "Worker",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import Base
@@ -21,6 +21,8 @@ class Job(QueuedWork, Base):
     __table_args__ = (
         Index("ix_job_listing", "delete_requested", "created_at", "id"),
         Index("ix_job_owner_listing", "owner_id", "delete_requested", "created_at", "id"),
+        # one job per trial of a study: a trial is never queued twice
+        UniqueConstraint("study_id", "trial_number"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -41,3 +43,8 @@ class Job(QueuedWork, Base):
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
     best: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     last: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # a trial of a tuning study (shared.services.studies); None for every other job
+    study_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("study.id", ondelete="SET NULL"), default=None, index=True
+    )
+    trial_number: Mapped[int | None] = mapped_column(Integer, default=None)

@@ -13,7 +13,9 @@ from shared.networks import Layer, NetworkName
 from shared.schemas.common import StatusEntry
 
 Solver = Literal["sgd", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "adamw"]
-LRPolicy = Literal["fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid", "cosine"]
+LRPolicy = Literal[
+    "fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid", "cosine", "onecycle"
+]
 assert set(POLICIES) == set(get_args(LRPolicy))
 
 
@@ -95,6 +97,23 @@ class EarlyStopping(_Strict):
     min_delta: float = Field(default=0.0, ge=0)
 
 
+class LRRangeTest(_Strict):
+    """The learning-rate range test run before training (fastai's lr_find, in our engine)."""
+
+    start_lr: float = Field(default=1e-7, gt=0, le=10)
+    end_lr: float = Field(default=10.0, gt=0, le=100)
+    steps: int = Field(default=200, ge=10, le=2000, description="stops early at divergence")
+    suggestion: Literal["valley", "steep", "minimum"] = Field(
+        default="valley", description="fastai's rules: valley (default), steepest, minimum/10"
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> LRRangeTest:
+        if self.start_lr >= self.end_lr:
+            raise ValueError("start_lr must be below end_lr")
+        return self
+
+
 class Hyperparameters(_Strict):
     """Training options, with DIGITS's defaults and meanings."""
 
@@ -111,7 +130,12 @@ class Hyperparameters(_Strict):
         default=None, ge=0, description="None = learning_rate / 100 (DIGITS)"
     )
     rms_decay: float = Field(default=0.99, gt=0, lt=1, description="rmsprop")
-    learning_rate: float = Field(default=0.01, gt=0, le=10)
+    learning_rate: Annotated[float, Field(gt=0, le=10)] | Literal["auto"] = Field(
+        default=0.01, description='"auto": run the LR range test first and train at its suggestion'
+    )
+    lr_range_test: LRRangeTest | None = Field(
+        default=None, description="Run the range test first (implied by learning_rate auto)"
+    )
     lr_policy: LRPolicy = "step"
     lr_params: LRParams = Field(default_factory=LRParams)
     snapshot_interval: float = Field(default=1.0, ge=0, description="epochs; 0 = at the end")
@@ -139,13 +163,18 @@ class Hyperparameters(_Strict):
         from shared import lr_policy
 
         rates = self.learning_rate if isinstance(self.learning_rate, list) else [self.learning_rate]
-        for lr in rates:
-            lr_policy.check(lr, self.lr_policy, self.lr_params.model_dump(exclude_none=True))
+        for lr in rates:  # "auto": the curve's shape does not depend on the rate
+            rate = 1.0 if lr == "auto" else float(lr)
+            lr_policy.check(rate, self.lr_policy, self.lr_params.model_dump(exclude_none=True))
         return self
 
     def effective_weight_decay(self) -> float:
         """DIGITS's hidden constant when unset: base_lr / 100."""
-        return self.learning_rate / 100 if self.weight_decay is None else self.weight_decay
+        if self.weight_decay is not None:
+            return self.weight_decay
+        if isinstance(self.learning_rate, str):
+            raise ValueError("learning_rate auto is resolved by the range test first")
+        return self.learning_rate / 100
 
 
 class SweepHyperparameters(Hyperparameters):
@@ -154,12 +183,16 @@ class SweepHyperparameters(Hyperparameters):
     # Widening a parent's field is unsound for the parent's methods (effective_weight_decay);
     # a sweep is expanded into Hyperparameters before any of them runs. A base class without
     # these two fields would remove the ignores but reorder the OpenAPI schema.
-    learning_rate: float | list[float] = Field(default=0.01)  # type: ignore[assignment]
+    learning_rate: float | list[float] | Literal["auto"] = Field(  # type: ignore[assignment]
+        default=0.01
+    )
     batch_size: int | list[int] | None = Field(default=None)  # type: ignore[assignment]
 
     @field_validator("learning_rate")
     @classmethod
-    def _lrs(cls, v: float | list[float]) -> float | list[float]:
+    def _lrs(cls, v: float | list[float] | str) -> float | list[float] | str:
+        if isinstance(v, str):
+            return v  # "auto": the Literal checked it
         values = v if isinstance(v, list) else [v]
         if not values or len(values) > 64 or any(not 0 < x <= 10 for x in values):
             raise ValueError("learning rates must be in (0, 10], at most 64 of them")
@@ -187,6 +220,11 @@ class JobCreate(_Strict):
         description="A standard network name, or {kind: standard|custom|previous, ...}"
     )
     hyperparameters: SweepHyperparameters = Field(default_factory=SweepHyperparameters)
+    recipe: Literal["digits", "recommended"] = Field(
+        default="digits",
+        description="What fills the hyperparameters left out: DIGITS's defaults, or the "
+        "network's recommended recipe (GET /networks); given values always win",
+    )
     gpu: str | None = Field(
         default=None,
         max_length=200,
@@ -351,3 +389,7 @@ class NetworkRead(BaseModel):
     family: str
     description: str
     default_batch_size: int | None
+    recommended: dict[str, Any] = Field(
+        default_factory=dict,
+        description='The recipe `"recipe": "recommended"` fills in (DIGITS\'s defaults otherwise)',
+    )

@@ -164,7 +164,13 @@ def create_training_jobs(
 ) -> list[Job]:
     """Validate a submission and queue one job per sweep combination (sent after the commit)."""
     dataset = datasets_service.get_ready_dataset(session, data.dataset_id, user)
-    raw = data.hyperparameters.model_dump(mode="json")
+    requested = data.hyperparameters
+    if data.recipe == "recommended" and isinstance(data.network, StandardNetwork):
+        given = requested.model_dump(mode="json", exclude_unset=True)
+        requested = SweepHyperparameters.model_validate(
+            {**networks.recommended(data.network.name), **given}
+        )
+    raw = requested.model_dump(mode="json")
     lrs = raw["learning_rate"] if isinstance(raw["learning_rate"], list) else [raw["learning_rate"]]
     bss = raw["batch_size"] if isinstance(raw["batch_size"], list) else [raw["batch_size"]]
     seed = raw["seed"] if raw["seed"] is not None else random.randrange(2**31)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -100,3 +101,19 @@ def test_unknown_policy_is_refused() -> None:
     assert "cosine" in POLICIES
     with pytest.raises(ValueError, match="unknown lr policy"):
         lr_at(0.0, 1.0, "triangular", {})
+
+
+def test_onecycle_rises_to_the_rate_then_anneals() -> None:
+    """Smith's one cycle: lr/25 at the start, the rate at step_size % (25), the floor at 100."""
+    curve = preview(0.1, "onecycle", {})
+    peak = max(range(101), key=curve.__getitem__)
+    print(f"onecycle: start {curve[0]:.4f} peak {curve[peak]:.4f} at {peak}% end {curve[100]:.5f}")
+    assert curve[0] == pytest.approx(0.1 / 25)
+    assert peak == 25
+    assert curve[25] == pytest.approx(0.1)
+    assert curve[100] == pytest.approx(0.0, abs=1e-12)
+    assert all(a <= b for a, b in itertools.pairwise(curve[:26]))
+    assert all(a >= b for a, b in itertools.pairwise(curve[25:]))
+    floored = preview(0.1, "onecycle", {"step_size": 40, "min_lr_pct": 10})
+    assert max(range(101), key=floored.__getitem__) == 40
+    assert floored[100] == pytest.approx(0.01)

@@ -8,11 +8,14 @@ the device, and the host reads device values back only once per logging interval
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import itertools
 import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -25,9 +28,10 @@ from torch import nn
 from shared import storage
 from shared.lr_policy import multiplier
 from shared.networks import CATALOG, NetworkShapeError
-from shared.schemas.jobs import Hyperparameters
+from shared.schemas.jobs import Hyperparameters, LRRangeTest
 from shared.schemas.work import CheckpointInfo
 from worker.training import checkpoint as ckpt
+from worker.training import lr_find
 from worker.training.augment import Preprocess
 from worker.training.data import Batches, DatasetError, Split, epoch_order, open_splits, read_info
 from worker.training.models import build_model, has_conv, load_init_weights
@@ -42,11 +46,23 @@ LOG_POINTS_PER_EPOCH = 8
 LOWER_IS_BETTER = frozenset({"val.loss"})
 VAL_SERIES = ("val.loss", "val.accuracy", "val.top5")
 
-Outcome = Literal["done", "stopped", "early_stopped"]
+Outcome = Literal["done", "stopped", "early_stopped", "pruned"]
+# called after each validation with (step, epoch, values); a reason stops the run (a tuning
+# study's pruner), None goes on
+OnValidation = Callable[[int, float, dict[str, float]], str | None]
 
 
 class TrainingError(Exception):
     """Training cannot go on; the message is for the person who submitted the job."""
+
+
+class Diverged(TrainingError):
+    """The loss became NaN or infinite (a learning rate too high, for one)."""
+
+    def __init__(self, message: str, step: int, epoch: float) -> None:
+        super().__init__(message)
+        self.step = step
+        self.epoch = epoch
 
 
 class Reporter(Protocol):
@@ -83,6 +99,7 @@ class TrainSpec:
     # initialised by the caller); each rank takes 1/world_size of every batch, rank 0 writes
     rank: int = 0
     world_size: int = 1
+    on_validation: OnValidation | None = None
 
 
 @dataclass
@@ -96,6 +113,7 @@ class TrainResult:
     last: dict[str, float]
     seconds: float  # the whole call, set-up included
     images_per_second: float  # training steps only: validation and checkpoint writes excluded
+    reason: str | None = None  # why it stopped early (pruned)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -116,6 +134,8 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """The solver of the request; weight decay on every parameter, as Caffe's default."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if isinstance(hyper.learning_rate, str):
+        raise TrainingError("learning_rate auto must be resolved by the range test first")
     lr, wd = hyper.learning_rate, hyper.effective_weight_decay()
     # fused: one kernel per step, and no host sync under a GradScaler
     fused: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
@@ -297,6 +317,8 @@ class _Run:
     images: int = 0
     side_seconds: float = 0.0  # validation and checkpoint writing, excluded from images/s
     net: nn.Module | None = None  # what steps call: the model, or its DDP wrapper
+    stop_reason: str | None = None
+    lr_find: dict[str, Any] | None = None  # the range test's suggestion (kept in checkpoints)
 
     @property
     def distributed(self) -> bool:
@@ -406,6 +428,10 @@ def _setup(spec: TrainSpec, reporter: Reporter) -> _Run:
     accumulation = hp.batch_accumulation
     train_iter = math.ceil(len(train_split) / (batch_size * accumulation))
     total = train_iter * hp.epochs
+    hp, found_lr = _range_test(
+        spec, reporter, model, train_split, preprocess, batch_size, amp_dtype
+    )
+    spec = dataclasses.replace(spec, hyper=hp)
     optimizer = make_optimizer(model, hp, device)
     scheduler = make_scheduler(optimizer, total, hp)
     aug_gen = torch.Generator(device=device)
@@ -440,6 +466,7 @@ def _setup(spec: TrainSpec, reporter: Reporter) -> _Run:
         snap_every=_interval(hp.snapshot_interval, train_iter),
         tracker=_Tracker(hp.best_metric, early),
         loss_buf=torch.zeros(log_interval, dtype=torch.float32, device=device),
+        lr_find=found_lr,
     )
     run.net = model
     if spec.world_size > 1:
@@ -453,6 +480,83 @@ def _setup(spec: TrainSpec, reporter: Reporter) -> _Run:
     if spec.resume_checkpoint is not None:
         _resume(run, spec.resume_checkpoint)
     return run
+
+
+def _range_test(
+    spec: TrainSpec,
+    reporter: Reporter,
+    model: nn.Module,
+    split: Split,
+    preprocess: Preprocess,
+    batch_size: int,
+    amp_dtype: torch.dtype | None,
+) -> tuple[Hyperparameters, dict[str, Any] | None]:
+    """Run the LR range test when asked (or for learning_rate auto): its curve and suggestion
+    become metrics, and auto trains at the suggestion. A resumed run keeps the first one."""
+    hp = spec.hyper
+    wanted = hp.lr_range_test or (LRRangeTest() if hp.learning_rate == "auto" else None)
+    if wanted is None:
+        return hp, None
+    if spec.resume_checkpoint is not None:
+        with contextlib.suppress(OSError, RuntimeError, ValueError, KeyError):
+            found = ckpt.load(spec.resume_checkpoint).get("lr_find")
+            if found:
+                return hp.model_copy(update={"learning_rate": found["learning_rate"]}), found
+    device = split.labels.device
+    seed = 0 if hp.seed is None else int(hp.seed)
+    # the rate is what is being found, and DIGITS's weight decay follows it: none meanwhile
+    probe = hp.model_copy(update={"learning_rate": wanted.start_lr, "weight_decay": 0.0})
+    optimizer = make_optimizer(model, probe, device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed + 2)
+
+    def batches() -> Any:
+        steps = math.ceil(len(split) / batch_size)
+        for epoch in itertools.count(10_000):  # orders of their own; training's are untouched
+            order = epoch_order(len(split), steps * batch_size, seed, epoch, True)
+            with contextlib.closing(split.batches(order, batch_size)) as it:
+                yield from it
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with _autocast(device, amp_dtype):
+            return F.cross_entropy(model(preprocess.train(images, gen)), labels).float()
+
+    t0 = time.perf_counter()
+    source = batches()
+    try:
+        test = lr_find.run(
+            model,
+            optimizer,
+            source,
+            steps=wanted.steps,
+            start_lr=wanted.start_lr,
+            end_lr=wanted.end_lr,
+            method=wanted.suggestion,
+            step_fn=step,
+        )
+    except ValueError as exc:
+        raise TrainingError(f"the LR range test found no usable rate: {exc}") from exc
+    finally:
+        source.close()
+    suggestion = min(10.0, max(1e-8, test.suggestion))
+    if spec.world_size > 1:  # every rank trains at rank 0's suggestion
+        import torch.distributed as dist
+
+        shared = torch.tensor([suggestion], dtype=torch.float64, device=device)
+        dist.broadcast(shared, src=0)
+        suggestion = float(shared.item())
+    for i, (rate, loss) in enumerate(zip(test.lrs, test.losses, strict=True)):
+        reporter.metrics(i, 0.0, {"lr_find.lr": rate, "lr_find.loss": loss})
+    reporter.metrics(0, 0.0, {"lr_find.suggestion": suggestion})
+    lr = suggestion if hp.learning_rate == "auto" else float(hp.learning_rate)
+    reporter.log(
+        f"LR range test: {len(test.lrs)} steps from {wanted.start_lr:g} in "
+        f"{time.perf_counter() - t0:.1f} s"
+        + (f", diverged at {test.diverged_at:.3g}" if test.diverged_at else "")
+        + f"; {wanted.suggestion} suggests {suggestion:.3g}; training at {lr:.3g}"
+    )
+    found = {"suggestion": suggestion, "learning_rate": lr, "method": wanted.suggestion}
+    return hp.model_copy(update={"learning_rate": lr}), found
 
 
 def _resume(run: _Run, path: Path) -> None:
@@ -515,6 +619,7 @@ def _checkpoint_dict(run: _Run) -> dict[str, Any]:
             "mean": None if mean is None else mean.detach().cpu(),
         },
         "hyper": run.hyper.model_dump(mode="json"),
+        "lr_find": run.lr_find,
     }
 
 
@@ -552,7 +657,11 @@ def _report_train(run: _Run) -> None:
     for j, value in enumerate(losses):
         if not math.isfinite(value):
             step = run.step - k + j + 1
-            raise TrainingError(f"loss became NaN at step {step}; lower the learning rate")
+            raise Diverged(
+                f"loss became NaN at step {step}; lower the learning rate",
+                step,
+                step / run.train_iter,
+            )
     elapsed = time.perf_counter() - run.log_t0
     values = {
         "train.loss": sum(losses) / k,
@@ -591,10 +700,26 @@ def _validate(run: _Run) -> tuple[bool, bool]:
         values["val.loss"],
         values["val.accuracy"],
     )
+    reason = None
+    if run.spec.on_validation is not None and run.spec.rank == 0:
+        reason = run.spec.on_validation(run.step, run.epoch, values)
+    # every rank stops where rank 0's pruner said so (one collective per validation)
+    if run.distributed and _any_rank(run, reason is not None) and reason is None:
+        reason = "stopped with rank 0"
+    run.stop_reason = reason
     elapsed = time.perf_counter() - t0
     run.side_seconds += elapsed
     run.log_t0 += elapsed  # validation time is not training throughput
     return is_best, stop
+
+
+def _any_rank(run: _Run, flag: bool) -> bool:
+    """Whether any rank raised the flag."""
+    import torch.distributed as dist
+
+    value = torch.tensor([1.0 if flag else 0.0], device=run.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def _after_step(run: _Run) -> Outcome | None:
@@ -606,8 +731,9 @@ def _after_step(run: _Run) -> Outcome | None:
     is_best = stop = False
     if run.val_split is not None and ((run.val_every and step % run.val_every == 0) or end):
         is_best, stop = _validate(run)
+    pruned = run.stop_reason is not None
     names: list[str] = []
-    if (run.snap_every and step % run.snap_every == 0) or end or stop:
+    if (run.snap_every and step % run.snap_every == 0) or end or stop or pruned:
         names += [ckpt.epoch_name(run.epoch), "last"]
     if is_best:
         names.append("best")
@@ -615,6 +741,9 @@ def _after_step(run: _Run) -> Outcome | None:
         t0 = time.perf_counter()
         _save(run, names, is_best)
         run.log_t0 += time.perf_counter() - t0
+    if pruned:
+        run.reporter.log(f"stopped at epoch {run.epoch:.2f}: {run.stop_reason}")
+        return "pruned"
     if stop:
         run.reporter.log(
             f"early stopping at epoch {run.epoch:.2f}: no improvement of "
@@ -738,6 +867,7 @@ def fit(run: _Run, started: float) -> TrainResult:
         last=dict(run.tracker.last),
         seconds=seconds,
         images_per_second=ips,
+        reason=run.stop_reason if outcome == "pruned" else None,
     )
 
 
