@@ -426,6 +426,59 @@ def test_every_page_in_light_and_dark_with_keyboard_shortcuts(
     browser: Any, ui_stack: Stack, tmp_path: Path
 ) -> None:
     """Screenshots (docs/ui when DIGITS_UI_SCREENSHOTS names it); `?` and `g q` work."""
+def test_a_study_page_shows_trials_best_so_far_and_parallel_coordinates(
+    browser: Any, ui_stack: Stack, tmp_path: Path
+) -> None:
+    """A 4-trial study of LeNet on 8x8 digits; its page, light and dark (docs/ui too)."""
+    dataset = WORLD.get("small") or _small_dataset(ui_stack, tmp_path)
+    with _api(ui_stack) as client:
+        resp = client.post(
+            "/studies",
+            json={
+                "name": "ui-study",
+                "dataset_id": dataset,
+                "network": "lenet",
+                "hyperparameters": {"epochs": 3, "batch_size": 16, "seed": 1},
+                "search_space": {
+                    "learning_rate": {"type": "float", "low": 0.005, "high": 0.5, "log": True},
+                    "momentum": {"type": "float", "low": 0.5, "high": 0.95},
+                },
+                "sampler": {"type": "random", "seed": 4},
+                "pruner": {"type": "asha", "min_epochs": 1},
+                "max_trials": 4,
+                "max_concurrent": 1,
+            },
+        )
+        assert resp.status_code == 202, resp.text
+        study_id = resp.json()["id"]
+        wait_until(
+            lambda: client.get(f"/studies/{study_id}").json()["finished_at"],
+            timeout=300,
+            every=1,
+            what="the study to finish",
+        )
+    out = Path(os.environ.get("DIGITS_UI_SCREENSHOTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    for theme in ("light", "dark"):
+        ui = UI(browser, ui_stack, token=ui_stack.token, theme=theme)
+        page = ui.page(f"/studies/{study_id}")
+        page.wait_for_selector("[data-testid=trials-table] tbody tr")
+        page.wait_for_selector("[data-chart=best] canvas")
+        # a trial's line may be a point only (pruned at once), which is not "visible"
+        page.wait_for_selector("svg.pcoords path.line", state="attached")
+        page.wait_for_selector("[data-chart=trials] canvas")
+        rows = page.locator("[data-testid=trials-table] tbody tr").count()
+        lines = page.locator("svg.pcoords path.line").count()
+        states = page.locator("[data-testid=trials-table] [data-state]").all_inner_texts()
+        print(f"study page ({theme}): {rows} trials, {lines} lines, states {states}")
+        assert rows == lines == 4
+        assert set(states) <= {"complete", "pruned"}
+        page.wait_for_timeout(400)  # charts settle
+        page.screenshot(path=str(out / f"study-{theme}.png"), full_page=True)
+        ui.close()
+    WORLD["study"] = study_id
+
+
     out = Path(os.environ.get("DIGITS_UI_SCREENSHOTS") or tmp_path)
     out.mkdir(parents=True, exist_ok=True)
     with _api(ui_stack) as client:

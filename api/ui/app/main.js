@@ -16,6 +16,7 @@ import { QueuePage } from "./pages/queue.js";
 import { FleetPage } from "./pages/fleet.js";
 import { ModelsPage } from "./pages/models.js";
 import { SettingsPage } from "./pages/settings.js";
+import { StudiesPage, StudyPage } from "./pages/study.js";
 
 const ROUTES = [
   ["/", HomePage],
@@ -24,6 +25,8 @@ const ROUTES = [
   ["/datasets/new", NewDatasetPage],
   ["/datasets/:id", DatasetPage],
   ["/compare", ComparePage],
+  ["/studies", StudiesPage],
+  ["/studies/:id", StudyPage],
   ["/queue", QueuePage],
   ["/fleet", FleetPage],
   ["/models", ModelsPage],
@@ -40,6 +43,7 @@ function TopBar({ path }) {
     <a class="brand" href="/"><img src="/ui/favicon.svg" alt="" />digits</a>
     <nav class="nav">
       ${link("/", "Jobs", (p) => p === "/" || p.startsWith("/jobs") || p.startsWith("/compare"))}
+      ${link("/studies", "Studies", (p) => p.startsWith("/studies"))}
       ${link("/queue", "Queue", (p) => p === "/queue")}
       ${link("/fleet", "Fleet", (p) => p === "/fleet")}
       ${link("/models", "Models", (p) => p === "/models")}

@@ -51,7 +51,7 @@ function formatBrushes(b) {
 }
 
 /** An axis of the parallel coordinates: value -> [0, 1] (0 at the bottom). */
-function makeAxis(key, values) {
+export function makeAxis(key, values) {
   const present = values.filter((v) => v !== null && v !== undefined && v !== "");
   const numeric = present.length > 0 && present.every((v) => typeof v === "number" || (typeof v === "string" && v !== "" && Number.isFinite(Number(v))));
   if (numeric) {
@@ -78,7 +78,7 @@ function makeAxis(key, values) {
   };
 }
 
-function ParallelCoords({ jobs, axes, colors, brushes, setBrushes, hidden, highlight, setHighlight }) {
+export function ParallelCoords({ jobs, axes, colors, brushes, setBrushes, hidden, highlight, setHighlight }) {
   const H = 260;
   const pad = { top: 28, bottom: 34, left: 50, right: 60 };
   const ref = useRef(null);

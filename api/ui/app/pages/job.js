@@ -24,7 +24,25 @@ const CHARTS = [
   { id: "rss", title: "Process memory (RSS)", names: ["process.rss_bytes"], format: "bytes" },
 ];
 // epoch is the x axis already; thread counts and memory totals are constants, not curves
-const CLAIMED = new Set(CHARTS.flatMap((c) => c.names).concat(["gpu.memory_total_bytes", "epoch", "process.threads"]));
+const CLAIMED = new Set(CHARTS.flatMap((c) => c.names).concat(["gpu.memory_total_bytes", "epoch", "process.threads", "lr_find.lr", "lr_find.loss", "lr_find.suggestion", "trial.pruned"]));
+
+/** The LR range test: smoothed loss against log10(rate), with the suggestion marked. */
+function lrFindCard(series) {
+  const lr = series["lr_find.lr"];
+  const loss = series["lr_find.loss"];
+  if (!lr || !loss || !lr.value.length) return null;
+  const byStep = new Map(lr.step.map((st, i) => [st, lr.value[i]]));
+  const xs = [];
+  const ys = [];
+  loss.step.forEach((st, i) => { if (byStep.has(st) && byStep.get(st) > 0) { xs.push(Math.log10(byStep.get(st))); ys.push(loss.value[i]); } });
+  const sug = series["lr_find.suggestion"];
+  const s = sug && sug.value.length ? sug.value[sug.value.length - 1] : null;
+  return {
+    list: [{ label: "smoothed loss", x: xs, y: ys, color: palette(3) }],
+    markers: s ? [{ x: Math.log10(s), kind: "best", label: `suggested ${s.toExponential(2)}` }] : [],
+    suggestion: s,
+  };
+}
 
 export function JobPage({ id }) {
   const [job, setJob] = useState(null);
@@ -233,6 +251,7 @@ function ChartsPanel({ job, series, version, checkpoints }) {
 
   // what the charts hold, per series: the browser tests compare it with GET /metrics
   const counts = Object.fromEntries(Object.entries(series).map(([k, c]) => [k, [c.value.length, c.value.reduce((a, v) => a + v, 0)]]));
+  const lrFind = lrFindCard(series);
   return html`<div data-testid="charts" data-version=${version} data-counts=${JSON.stringify(counts)}>
     <div class="chart-toolbar">
       <span>x axis</span>
@@ -252,6 +271,10 @@ function ChartsPanel({ job, series, version, checkpoints }) {
           markers=${card.id === "loss" || card.id === "acc" ? markers : []} syncKey=${`job-${job.id}`} format=${card.format || "num"}
           testid=${`chart-${card.id}`} points=${list.some((l) => l.x.length < 3)} />
       </div>`)}</div>`}
+    ${lrFind && html`<div class="card chart-card" data-chart="lr-find" data-suggestion=${lrFind.suggestion}>
+      <div class="chart-head"><h3>LR range test</h3><span class="faint small">loss against log10(learning rate)${lrFind.suggestion ? ` · suggests ${lrFind.suggestion.toExponential(2)}` : ""}</span></div>
+      <${Chart} series=${lrFind.list} xKind="step" markers=${lrFind.markers} testid="chart-lr-find" />
+    </div>`}
   </div>`;
 }
 
