@@ -33,6 +33,10 @@ class Stopped(Exception):
     """Raised by work that saw `should_stop()`: aborted, or the lease was lost."""
 
 
+class WorkError(Exception):
+    """Work that cannot go on; the message is for the person who asked for it (no paths)."""
+
+
 @dataclass
 class Outcome:
     """How the work ended: a final status (or `waiting` to give it back) and what to record."""
@@ -126,7 +130,6 @@ class Running:
     attempt: int
     row: Any  # a detached copy of the claimed row (its request, options, source)
     lease: Lease
-    _last_progress: float = 0.0
 
     def progress(self, fraction: float, **values: Any) -> None:
         """Record how far it has come (written with the next renewal, at most ~4 times a lease)."""
@@ -198,6 +201,9 @@ def _guarded(work: Work, running: Running) -> Outcome:
         if running.lease.lost.is_set():
             return Outcome(Status.ABORTED, "its lease was lost", lost=True)
         return Outcome(Status.ABORTED, "aborted by user")
+    except WorkError as exc:
+        log.warning("%s=%s failed: %s", lifecycle.subject_of(running.model), running.id, exc)
+        return Outcome(Status.ERROR, str(exc) or type(exc).__name__)
     except Exception as exc:
         log.exception("%s=%s crashed", lifecycle.subject_of(running.model), running.id)
         return Outcome(Status.ERROR, f"internal error: {type(exc).__name__}")

@@ -64,7 +64,7 @@ def _store_results(job_id: uuid.UUID, folder: Path, names: list[str]) -> None:
         storage.remove_tree(folder)
 
 
-class ModelJobError(ValueError):
+class ModelJobError(lifecycle.WorkError, ValueError):
     """A model job that cannot run; the message is for the person who asked for it."""
 
 
