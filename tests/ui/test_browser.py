@@ -354,6 +354,33 @@ def test_classify_a_dropped_image(ui: UI, ui_stack: Stack) -> None:
     assert len(set(labels)) == 5
 
 
+def test_classify_with_a_heatmap_overlay_and_the_layer_view(ui: UI, ui_stack: Stack) -> None:
+    png = _sample_png(ui_stack)
+    page = ui.page(f"/jobs/{WORLD['job']}?tab=classify")
+    page.wait_for_selector("[data-testid=classify-drop]")
+    page.select_option("[data-testid=explain-method]", "gradcam")
+    page.evaluate(
+        """(b64) => {
+          const bin = atob(b64); const bytes = new Uint8Array(bin.length);
+          for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+          const dt = new DataTransfer();
+          dt.items.add(new File([bytes], "four.png", { type: "image/png" }));
+          document.querySelector("[data-testid=classify-drop]").dispatchEvent(
+            new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+        }""",
+        base64.b64encode(png).decode(),
+    )
+    overlay = page.wait_for_selector("[data-testid=predictions] img[data-testid=overlay]")
+    assert (overlay.get_attribute("src") or "").startswith("data:image/png;base64,")
+    page.uncheck("[data-testid=overlay-toggle]")
+    page.wait_for_selector("[data-testid=predictions] img[data-testid=input]")
+    page.click("[data-testid=layer-view] >> nth=0")
+    page.wait_for_selector("[data-testid=layers] [data-testid=layer-row]")
+    rows = page.locator("[data-testid=layer-row]").count()
+    print(f"classify: a Grad-CAM overlay shown and toggled; layer view of {rows} layers")
+    assert rows >= 5
+
+
 def test_evaluate_and_click_a_confusion_matrix_cell(ui: UI, ui_stack: Stack) -> None:
     page = ui.page(f"/jobs/{WORLD['job']}?tab=evaluate")
     page.click("[data-action=evaluate]")

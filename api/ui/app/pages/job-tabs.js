@@ -114,13 +114,35 @@ function useDefaultCheckpoint(checkpoints) {
   return [ckpt, setCkpt];
 }
 
+const EXPLAIN_METHODS = [
+  ["", "no explanation"],
+  ["gradcam", "Grad-CAM"],
+  ["gradcampp", "Grad-CAM++"],
+  ["layercam", "LayerCAM"],
+  ["integrated_gradients", "Integrated Gradients"],
+  ["occlusion", "Occlusion"],
+];
+// how many images one interactive explanation takes (more make a job)
+const EXPLAIN_MAX = { integrated_gradients: 4, occlusion: 4 };
+
 export function ClassifyTab({ job, checkpoints }) {
   const [ckpt, setCkpt] = useDefaultCheckpoint(checkpoints);
   const [topK, setTopK] = useState("5");
+  const [method, setMethod] = useState("");
+  const [overlay, setOverlay] = useState(true);
   const [results, setResults] = useState([]);
+  const [layers, setLayers] = useState(null);
   const [error, setError] = useState(null);
   const [busy, setBusy] = useState(false);
   useEffect(() => () => results.forEach((r) => URL.revokeObjectURL(r.url)), []);
+  const explain = async (files) => {
+    const form = new FormData();
+    for (const f of files.slice(0, EXPLAIN_MAX[method] || 32)) form.append("images", f, f.name);
+    form.append("checkpoint", ckpt);
+    form.append("method", method);
+    const body = await upload(`/jobs/${job.id}/explain`, form);
+    return body.explanations || [];
+  };
   const run = async (files) => {
     setError(null);
     setBusy(true);
@@ -131,8 +153,32 @@ export function ClassifyTab({ job, checkpoints }) {
     try {
       const body = await upload(`/jobs/${job.id}/classify`, form);
       if (body.kind === "inference") { toast("Many images: queued as an inference job"); navigate(`/jobs/${body.id}`); return; }
-      const made = body.predictions.map((p, i) => ({ ...p, url: URL.createObjectURL(files[i]), ms: body.milliseconds, checkpoint: body.checkpoint }));
+      const maps = method ? await explain(files) : [];
+      const made = body.predictions.map((p, i) => ({
+        ...p,
+        url: URL.createObjectURL(files[i]),
+        ms: body.milliseconds,
+        checkpoint: body.checkpoint,
+        file: files[i],
+        explanation: maps[i] || null,
+      }));
       setResults((old) => [...made, ...old].slice(0, 60));
+    } catch (err) {
+      setError(err);
+    } finally {
+      setBusy(false);
+    }
+  };
+  const inspect = async (file) => {
+    setError(null);
+    setBusy(true);
+    const form = new FormData();
+    form.append("images", file, file.name);
+    form.append("checkpoint", ckpt);
+    form.append("visualize", "true");
+    try {
+      const body = await upload(`/jobs/${job.id}/classify`, form);
+      setLayers({ file: file.name, layers: body.layers || [] });
     } catch (err) {
       setError(err);
     } finally {
@@ -145,6 +191,8 @@ export function ClassifyTab({ job, checkpoints }) {
       <div class="row wrap">
         <div class="field"><label for="cl-ck">Checkpoint</label><select id="cl-ck" value=${ckpt} onChange=${(e) => setCkpt(e.target.value)}>${checkpoints.map((c) => html`<option value=${c.name}>${c.name} · epoch ${fmtNum(c.epoch, 3)}</option>`)}</select></div>
         <div class="field"><label for="cl-k">Top</label><select id="cl-k" value=${topK} onChange=${(e) => setTopK(e.target.value)}>${["1", "3", "5", "10"].map((k) => html`<option>${k}</option>`)}</select></div>
+        <div class="field"><label for="cl-ex">Why</label><select id="cl-ex" data-testid="explain-method" value=${method} onChange=${(e) => setMethod(e.target.value)}>${EXPLAIN_METHODS.map(([v, l]) => html`<option value=${v}>${l}</option>`)}</select></div>
+        ${method && html`<label style=${{ alignSelf: "flex-end" }}><input type="checkbox" data-testid="overlay-toggle" checked=${overlay} onChange=${(e) => setOverlay(e.target.checked)} /> heatmap overlay</label>`}
         ${results[0] && html`<span class="small muted" style=${{ alignSelf: "flex-end" }}>last answer in ${fmtNum(results[0].ms, 3)} ms (${results[0].checkpoint})</span>`}
       </div>
       <${DropZone} multiple accept="image/*" onFiles=${run} testid="classify-drop">
@@ -152,13 +200,47 @@ export function ClassifyTab({ job, checkpoints }) {
       <//>
       <${Problem} error=${error} />
     </div></div>
-    ${results.length > 0 && html`<div class="preds" data-testid="predictions">${results.map((r) => html`<div class="card pred">
-      <img src=${r.url} alt=${r.filename} />
+    ${results.length > 0 && html`<div class="preds" data-testid="predictions">${results.map((r) => {
+      const shown = overlay && r.explanation ? `data:image/png;base64,${r.explanation.overlay_png}` : r.url;
+      return html`<div class="card pred">
+      <img src=${shown} alt=${r.filename} data-testid=${r.explanation && overlay ? "overlay" : "input"} />
       <div class="stack" style=${{ gap: "6px" }}>
         <div class="small mono faint" style=${{ overflow: "hidden", textOverflow: "ellipsis", whiteSpace: "nowrap" }}>${r.filename}</div>
         ${r.top.map((p) => html`<div class="bar-row" data-label=${p.label}><span class="lab">${p.label}</span><div class="bar"><div style=${{ width: fmtPct(p.probability, 1) }}></div></div><span class="mono right">${fmtPct(p.probability, 1)}</span></div>`)}
+        ${r.explanation && html`<div class="small faint">${r.explanation.method} of “${r.explanation.target?.label ?? r.explanation.target}” at layer <span class="mono">${r.explanation.layer}</span>${r.explanation.note ? ` · ${r.explanation.note}` : ""}</div>`}
+        <button class="small" style=${{ justifySelf: "start" }} data-testid="layer-view" onClick=${() => inspect(r.file)}>Layer view</button>
       </div>
-    </div>`)}</div>`}
+    </div>`;
+    })}</div>`}
+    ${layers && html`<${LayerView} view=${layers} onClose=${() => setLayers(null)} />`}
+  </div>`;
+}
+
+function Histogram({ hist }) {
+  if (!hist || !hist.counts) return null;
+  const top = Math.max(1, ...hist.counts);
+  return html`<div class="hist" title=${`${hist.edges[0].toPrecision(3)} … ${hist.edges[hist.edges.length - 1].toPrecision(3)}`}>${hist.counts.map((c) => html`<div style=${{ height: `${(100 * c) / top}%` }}></div>`)}</div>`;
+}
+
+function stats(s) {
+  return s ? `mean ${fmtNum(s.mean, 3)} · std ${fmtNum(s.std, 3)}` : "–";
+}
+
+// DIGITS's "classify one" layer view: each layer's output, weights and activations
+function LayerView({ view, onClose }) {
+  return html`<div class="card" data-testid="layers">
+    <div class="card-head"><h3>Layers of the network on ${view.file}</h3><button class="small" onClick=${onClose}>Close</button></div>
+    <div class="table-wrap"><table class="t">
+      <thead><tr><th>Layer</th><th>Output</th><th class="num">Parameters</th><th>Weights</th><th>Activations</th><th>Maps</th></tr></thead>
+      <tbody>${view.layers.map((l) => html`<tr data-testid="layer-row">
+        <td><span class="mono">${l.name}</span> <span class="faint small">${l.type}</span></td>
+        <td class="mono small">${(l.output_shape || []).join("×")}</td>
+        <td class="num mono">${fmtNum(l.param_count, 6)}</td>
+        <td><${Histogram} hist=${l.weights?.histogram} /><div class="faint small">${stats(l.weights)}</div></td>
+        <td><${Histogram} hist=${l.activations?.histogram} /><div class="faint small">${stats(l.activations)}</div></td>
+        <td>${l.activations_png && html`<img class="tiles" src=${`data:image/png;base64,${l.activations_png}`} alt="activations" />`}${l.filters_png && html`<img class="tiles" src=${`data:image/png;base64,${l.filters_png}`} alt="filters" />`}</td>
+      </tr>`)}</tbody>
+    </table></div>
   </div>`;
 }
 
