@@ -23,6 +23,7 @@ BENCHES = [
     "tta_bench",
     "memory_bench",
     "insight_bench",
+    "tune_bench",
 ]
 RESULTS = ROOT / "bench" / "results.jsonl"
 

@@ -31,5 +31,6 @@ def test_every_benchmark_runs_in_smoke_mode() -> None:
         "api_get_job",
         "time_to_accuracy",
         "memory_api",
+        "tune_study",
     } <= names, names
     assert all("environment" in r or "python" in r for r in records)
