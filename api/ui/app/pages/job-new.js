@@ -30,6 +30,7 @@ const POLICY_PARAMS = {
   poly: { power: "3" },
   sigmoid: { step_size: "50", gamma: "0.1" },
   cosine: {},
+  onecycle: { step_size: "25" }, // the peak, as % of training
 };
 const PARAM_LABEL = { step_size: "Step size (% of training)", gamma: "Gamma", step_values: "Step values (%)", power: "Power" };
 
