@@ -218,11 +218,13 @@ def seed(db_url: str, template: dict[str, Any], owner: uuid.UUID) -> tuple[uuid.
     for i in range(JOBS + 1):
         job_id = big if i == JOBS else uuid.uuid4()
         at = f"2026-01-01 00:00:00.{i:06d}+00"
-        fields = [job_id, "train", owner, f"bench-{i}", f"g{i % 50}", request, "done"]
+        # the series' job runs: its reads are never kept, each one reads the 100,000 points
+        status = "running" if job_id == big else "done"
+        fields = [job_id, "train", owner, f"bench-{i}", f"g{i % 50}", request, status]
         fields += [template["epoch"], template["step"], template["total_steps"], best, last]
         fields += [1.0, "bench", 1, "f", "f", at, at, at, at]
         jobs.write("\t".join(str(f) for f in fields) + "\n")
-        for before, after in HISTORY:
+        for before, after in HISTORY[:3] if job_id == big else HISTORY:
             worker = "bench" if after == "running" else NULL
             changes.write(f"job\t{job_id}\t{before}\t{after}\t{worker}\t{at}\n")
     points = io.StringIO()
@@ -252,6 +254,14 @@ def seed(db_url: str, template: dict[str, Any], owner: uuid.UUID) -> tuple[uuid.
     total = conn.execute("SELECT count(*) FROM job").fetchone()
     conn.close()
     return big, int(total[0]) if total else 0
+
+
+def finish(db_url: str, job_id: uuid.UUID) -> None:
+    """Mark the series' job done, as its worker would (the row's updated_at moves)."""
+    import psycopg
+
+    with psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        conn.execute("UPDATE job SET status = 'done', updated_at = now() WHERE id = %s", (job_id,))
 
 
 def metrics_read(url: str, headers: dict[str, str], repeats: int) -> dict[str, Any]:
@@ -352,15 +362,18 @@ def main() -> None:
                         "cpu_ms_per_request": 1000 * cpu / max(1.0, rps * elapsed),
                         "tool": "wrk" if use_wrk else "httpx",
                         "profile": profile,
+                        # what else ran on the machine (the figures depend on it)
+                        "load": round(os.getloadavg()[0], 1),
                     }
             finally:
                 bare.terminate()
                 bare.wait()
-        read = metrics_read(
-            f"{api}/jobs/{big}/metrics?format=columnar&max_points=2000",
-            headers,
-            repeats=5 if args.quick else 20,
-        )
+        series_url = f"{api}/jobs/{big}/metrics?format=columnar&max_points=2000"
+        repeats = 5 if args.quick else 20
+        read = metrics_read(series_url, headers, repeats)
+        # finished, its decimated series are kept (by the job row's updated_at): a re-read
+        finish(bench.db, big)
+        kept = metrics_read(series_url, headers, repeats)
     for name, r in results.items():
         goal, ratio_goal, p99_goal = GOALS[name]
         ratio = r["rps"] / r["bare_rps"]
@@ -373,6 +386,7 @@ def main() -> None:
             "p99_ms": round(r["pct"]["p99"], 2),
             "errors": r["errors"],
             "api_cpu_ms_per_request": round(r["cpu_ms_per_request"], 3),
+            "load_average": r["load"],
             "baseline": "bare Starlette, same bytes, same uvicorn",
             "baseline_rps": round(r["bare_rps"], 1),
             "ratio": round(ratio, 3),
@@ -390,7 +404,8 @@ def main() -> None:
             "points_in": POINTS,
             "max_points": 2000,
             **read,
-            "goal": "<= 100 ms",
+            "finished_job_median_ms": kept["median_ms"],
+            "goal": "<= 100 ms (a running job's read: nothing kept)",
             "met": read["median_ms"] <= 100,
         }
     )

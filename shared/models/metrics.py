@@ -26,7 +26,11 @@ class MetricPoint(Base):
     """One value of a named series (train.loss, val.accuracy, gpu.utilization, ...)."""
 
     __tablename__ = "metric"
-    __table_args__ = (Index("ix_metric_job_id_id", "job_id", "id"),)
+    __table_args__ = (
+        Index("ix_metric_job_id_id", "job_id", "id"),
+        # a chart's read: one series of many jobs (the compare page asks 100 jobs' train.loss)
+        Index("ix_metric_job_id_name_id", "job_id", "name", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))

@@ -200,7 +200,9 @@ def _list_statements(
             count.scalar_subquery().label("total_count"),
         )
         .where(*conditions)
-        .order_by(_JOB.c.created_at.desc(), _JOB.c.id.desc())
+        # id ascending breaks ties as it always has (a sweep's jobs can share a created_at):
+        # PostgreSQL scans the index backward and sorts only runs of equal created_at
+        .order_by(_JOB.c.created_at.desc(), _JOB.c.id)
         .offset(bindparam("offset"))
         .limit(bindparam("limit"))
     )

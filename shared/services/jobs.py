@@ -249,7 +249,7 @@ def list_jobs(
         conditions.append(Job.group_name == group)
     if dataset_id is not None:
         conditions.append(Job.dataset_id == dataset_id)
-    query = select(Job).where(*conditions).order_by(Job.created_at.desc(), Job.id.desc())
+    query = select(Job).where(*conditions).order_by(Job.created_at.desc(), Job.id)
     total = session.scalar(select(func.count()).select_from(Job).where(*conditions)) or 0
     items = list(session.scalars(query.offset((page - 1) * per_page).limit(per_page)))
     return items, int(total)

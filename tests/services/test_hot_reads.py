@@ -313,3 +313,20 @@ async def test_the_same_reads_on_sqlite(tmp_path: Path) -> None:
         == values[metrics_service.minmax_indices(values, 50)].tolist()
     )
     engine.dispose()
+
+
+async def test_a_finished_jobs_series_are_kept_until_its_row_changes(api: Api) -> None:
+    job = await _submit(api)
+    _series(api, job["id"], np.linspace(1, 0, 40))
+    _finish(api, job["id"])
+    params = {"format": "columnar", "max_points": 10}
+    first = await api.client.get(f"/jobs/{job['id']}/metrics", params=params)
+    # a point written behind the job row's back is not seen: the row's updated_at is the key
+    _series(api, job["id"], np.asarray([5.0]), name="val.loss")
+    kept = await api.client.get(f"/jobs/{job['id']}/metrics", params=params)
+    with session_scope(api.app.state.session_factory) as s:  # as the worker writes a point
+        s.execute(update(Job).where(Job.id == uuid.UUID(job["id"])).values(progress=1.0))
+    fresh = await api.client.get(f"/jobs/{job['id']}/metrics", params=params)
+    print("series:", list(first.json()["series"]), "->", list(fresh.json()["series"]))
+    assert kept.content == first.content
+    assert fresh.json()["series"]["val.loss"]["value"] == [5.0]

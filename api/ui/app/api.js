@@ -29,8 +29,30 @@ async function problemOf(resp) {
   return { status: resp.status, title: resp.statusText || `HTTP ${resp.status}`, detail: text.slice(0, 300) };
 }
 
+// GETs started before their page asks (prefetch), by path; each is taken once, while fresh
+const early = new Map();
+const EARLY_MS = 5000;
+
+/**
+ * Start a GET now, while the app still checks the session and loads: the page's own api()
+ * call of the same path takes its answer (one round trip off the first paint). A failure
+ * is dropped here; the page's call then asks the server itself and sees the error.
+ */
+export function prefetch(path) {
+  if (early.has(path)) return;
+  const answer = fetch(API + path, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+    .then((resp) => (resp.ok ? resp.json() : null), () => null);
+  early.set(path, { answer, at: performance.now() });
+}
+
 /** fetch against /api/v1; returns parsed JSON (or text, or the Response with raw: true). */
 export async function api(path, { method = "GET", body, form, headers = {}, raw = false, signal, quiet401 = false } = {}) {
+  const started = method === "GET" && !raw && early.get(path);
+  if (started) {
+    early.delete(path);
+    const got = performance.now() - started.at < EARLY_MS ? await started.answer : null;
+    if (got !== null) return got;
+  }
   const init = { method, headers: { Accept: "application/json", ...headers }, signal, credentials: "same-origin" };
   if (form) init.body = form;
   else if (body !== undefined) {

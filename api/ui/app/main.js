@@ -6,12 +6,12 @@ import { Dialog, usePoll } from "./components.js";
 import { session } from "./session.js";
 import { SHORTCUTS, applyTheme, getTheme } from "./prefs.js";
 import { LoginPage } from "./pages/login.js";
-import { HomePage } from "./pages/home.js";
+import { HomePage, prefetchHome } from "./pages/home.js";
 import { JobPage } from "./pages/job.js";
 import { NewJobPage } from "./pages/job-new.js";
 import { DatasetPage } from "./pages/dataset.js";
 import { NewDatasetPage } from "./pages/dataset-new.js";
-import { ComparePage } from "./pages/compare.js";
+import { ComparePage, prefetchCompare } from "./pages/compare.js";
 import { QueuePage } from "./pages/queue.js";
 import { FleetPage } from "./pages/fleet.js";
 import { ModelsPage } from "./pages/models.js";
@@ -161,6 +161,10 @@ async function boot() {
   }
   if (location.pathname !== "/login" && !session.user) {
     const ok = await session.load();
+    // signed in (a signed-out page meets no 401): the heaviest pages' first data is asked
+    // for now, while the app renders, not after the page's first effect
+    if (ok && location.pathname === "/") prefetchHome();
+    else if (ok && location.pathname === "/compare") prefetchCompare(location.search);
     if (!ok) navigate(`/login?next=${encodeURIComponent(location.pathname + location.search)}`, { replace: true });
   }
   render(html`<${App} />`, document.getElementById("app"));

@@ -2,12 +2,12 @@
 // hover highlight, legend search, the hyperparameters that differ, and parallel coordinates
 // whose brushing filters the curves.
 import { html, useEffect, useMemo, useRef, useState } from "../lib.js";
-import { allPages, api } from "../api.js";
+import { allPages, api, prefetch } from "../api.js";
 import { useQueryState } from "../router.js";
 import { Empty, Problem, SearchIcon, Status } from "../components.js";
 import { Chart, palette, ramp } from "../charts.js";
 import { follow } from "../live.js";
-import { appendPoints, batchSeries } from "../metrics.js";
+import { appendPoints, batchSeries, hasBatch, withAllColumns } from "../metrics.js";
 import { fmtNum, fmtPct, metricLabel, networkName } from "../util/format.js";
 
 const METRICS = ["train.loss", "val.loss", "val.accuracy", "val.top5", "train.lr"];
@@ -156,6 +156,12 @@ export function ParallelCoords({ jobs, axes, colors, brushes, setBrushes, hidden
   </div>`;
 }
 
+/** A group's runs, requested at boot as allPages will ask for them (see main.js). */
+export function prefetchCompare(search) {
+  const group = new URLSearchParams(search).get("group");
+  if (group) prefetch(`/jobs?group=${encodeURIComponent(group)}&page=1&per_page=200`);
+}
+
 export function ComparePage() {
   const params = new URLSearchParams(location.search);
   const idsParam = params.get("jobs");
@@ -172,6 +178,33 @@ export function ComparePage() {
   const [brushText, setBrushText] = useQueryState("brush", "");
   const [offText, setOffText] = useQueryState("off", "");
   const [highlight, setHighlight] = useState(null);
+  // the x column the series hold (only it and the values are fetched: see loadSeries)
+  const xRef = useRef(x);
+  xRef.current = x;
+  const loadedX = useRef(null);
+
+  /** Every metric's series with the columns of x axis `col`, one metric per request, the
+   * first chart's first: it paints while the rest load. */
+  const loadSeries = async (list, col, stopped) => {
+    loadedX.current = col;
+    for (const name of METRICS) {
+      const all = await batchSeries(list.map((j) => j.id), { names: [name], maxPoints: MAX_POINTS, columns: [col, "value"] });
+      if (stopped() || loadedX.current !== col) return;
+      for (const [id, body] of Object.entries(all)) {
+        const into = data.current[id] || (data.current[id] = {});
+        for (const [metric, s] of Object.entries(body.series || {})) into[metric] = withAllColumns(s);
+      }
+      setVersion((v) => v + 1);
+    }
+  };
+
+  // another x axis: its column, fetched (the values again, as they were decimated with it)
+  useEffect(() => {
+    if (!jobs || loadedX.current === null || loadedX.current === x) return undefined;
+    let stop = false;
+    loadSeries(jobs, x, () => stop).catch(setError);
+    return () => { stop = true; };
+  }, [x, jobs]);
 
   useEffect(() => {
     let stop = false;
@@ -187,13 +220,8 @@ export function ComparePage() {
         list.sort((a, b) => (a.created_at < b.created_at ? -1 : 1));
         if (stop) return;
         setJobs(list);
-        // one metric per request, the first chart's first: it paints while the rest load
-        for (const name of METRICS) {
-          const all = await batchSeries(list.map((j) => j.id), { names: [name], maxPoints: MAX_POINTS });
-          if (stop) return;
-          for (const [id, body] of Object.entries(all)) Object.assign(data.current[id] || (data.current[id] = {}), body.series || {});
-          setVersion((v) => v + 1);
-        }
+        await loadSeries(list, xRef.current, () => stop);
+        if (stop) return;
         const running = list.filter((j) => ["running", "waiting", "initialized"].includes(j.status)).map((j) => j.id);
         if (running.length) {
           let pending = null;
@@ -270,7 +298,8 @@ export function ComparePage() {
     });
     return { name, list, any: list.some((l) => l.x.length) };
   }).filter((c) => c.any);
-  const hasTime = jobs.some((j) => Object.values(data.current[j.id] || {}).some((c) => c.time && c.time.some((t) => t !== null)));
+  // the batch endpoint has a time column for every series (it is fetched when chosen)
+  const hasTime = hasBatch() === true || jobs.some((j) => Object.values(data.current[j.id] || {}).some((c) => c.time && c.time.some((t) => t !== null)));
   const toggleOff = (id) => {
     const next = new Set(off);
     if (next.has(id)) next.delete(id); else next.add(id);

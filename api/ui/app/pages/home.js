@@ -1,6 +1,6 @@
 // / : running jobs, the jobs table (filters, search, columns, multi-select) and the datasets.
 import { html, useEffect, useMemo, useRef, useState } from "../lib.js";
-import { allPages, api } from "../api.js";
+import { allPages, api, prefetch } from "../api.js";
 import { navigate, useQueryState } from "../router.js";
 import { Empty, Problem, Progress, SearchIcon, Sparkline, Status, Th, confirmDialog, sortBy, toast, usePoll } from "../components.js";
 import { follow } from "../live.js";
@@ -52,6 +52,11 @@ function RunningCard({ job, spark, onAbort }) {
       <span class="grow right">${job.worker || ""}</span>
     </div>
   </div>`;
+}
+
+/** The first screenful's request, started at boot (see main.js). */
+export function prefetchHome() {
+  prefetch(`/jobs?per_page=${PER_PAGE}`);
 }
 
 export function HomePage() {
