@@ -1,10 +1,13 @@
-"""Benchmark: images/s of worker.training.train() against a minimal hand-written PyTorch loop.
+"""Benchmark: images/s of worker.training.train() against a minimal hand-written PyTorch loop,
+and against a Lightning Trainer (bench/lightning_baseline.py) running the same module and data.
 
 Both sides train the same model (build_model, same seed) on the same uint8 images held on the
 device, with the same preprocessing (float, minus the mean image, / 255), batch size, dtype
 (bf16 autocast on CUDA, fp32 on the CPU), SGD with momentum, and memory layout: the engine's
 choice, so the ratio measures the loop's overhead (--nchw-baseline times a plain NCHW loop).
-Runs alternate (engine, baseline, baseline, engine, ...) after one untimed warm-up of each.
+Runs alternate (engine, baseline, Lightning, Lightning, baseline, engine, ...) after one
+untimed warm-up of each; Lightning's figure counts its training epochs (its set-up apart,
+reported as lightning_fit_ips).
 
 Usage: python bench/train_bench.py [--repeats R] [--quick] [--device cpu|cuda|all] [--profile]
 Prints one JSON line per case; "ratio" is the median over pairs of engine / baseline images/s.
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import lightning_baseline as lb
 from shared import dataset_store as store
 from shared.schemas.jobs import Hyperparameters
 from worker.training.engine import CheckpointInfo, TrainSpec, train, use_channels_last
@@ -173,8 +177,50 @@ def run_baseline(
     return seen / (time.perf_counter() - t0)
 
 
+def run_lightning(
+    case: Case,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: torch.Tensor,
+    device: torch.device,
+    epochs: int,
+) -> tuple[float, float]:
+    """The same model, batches, preprocessing, optimizer and dtype under a Lightning Trainer:
+    images/s of its training epochs, and of the whole fit() (with the Trainer's set-up)."""
+    from bench import lightning_baseline as lb
+
+    torch.manual_seed(SEED)
+    network = {"kind": "standard", "name": case.model}
+    model = build_model(network, case.classes, case.channels, case.height, case.width)
+    fmt = torch.channels_last if use_channels_last(model, device) else torch.contiguous_format
+    model = model.to(device, memory_format=fmt)
+
+    def preprocess(x: torch.Tensor) -> torch.Tensor:
+        return ((x.float() - mean) / 255).contiguous(memory_format=fmt)
+
+    def sgd(m: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(m.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=LR / 100)
+
+    dtype = amp_dtype(device)
+    precision = {None: "32-true", torch.bfloat16: "bf16-mixed"}.get(dtype, "16-mixed")
+    clock = lb.StepClock()
+    trainer = lb.trainer(device, epochs, precision, [clock.callback(device)])
+    data = lb.loader(lb.Batches(images, labels, case.batch_size))
+    seen = images.shape[0] * epochs
+    started = time.perf_counter()
+    trainer.fit(lb.module(model, preprocess, sgd), train_dataloaders=data)
+    sync(device)
+    return seen / clock.seconds, seen / (time.perf_counter() - started)
+
+
 def bench_case(
-    case: Case, device: torch.device, repeats: int, quick: bool, profile: bool, nchw: bool
+    case: Case,
+    device: torch.device,
+    repeats: int,
+    quick: bool,
+    profile: bool,
+    nchw: bool,
+    lightning: bool = True,
 ) -> dict:
     """Alternating paired runs of one case on one device."""
     if quick:
@@ -196,7 +242,14 @@ def bench_case(
         def baseline() -> float:
             return run_baseline(case, images, labels, mean, device, epochs, nchw)
 
+        with_lightning = lightning and lb.available()
+
+        def peer() -> tuple[float, float]:
+            return run_lightning(case, images, labels, mean, device, epochs)
+
         engine(), baseline()  # warm-up: allocator, cuDNN autotuning, lazy inits
+        if with_lightning:
+            peer()
         if profile:
             prof = cProfile.Profile()
             prof.runcall(engine)
@@ -205,15 +258,33 @@ def bench_case(
             print(text.getvalue(), file=sys.stderr)
         eng: list[float] = []
         base: list[float] = []
+        light: list[tuple[float, float]] = []
         for r in range(repeats):
             if r % 2 == 0:
                 eng.append(engine())
                 base.append(baseline())
+                if with_lightning:
+                    light.append(peer())
             else:
+                if with_lightning:
+                    light.append(peer())
                 base.append(baseline())
                 eng.append(engine())
         ratios = [e / b for e, b in zip(eng, base, strict=True)]
         dtype = amp_dtype(device)
+        peer_figures: dict[str, object] = {}
+        if light:
+            steps = [x[0] for x in light]
+            peer_figures = {
+                "lightning_ips": round(statistics.median(steps), 1),
+                "lightning_fit_ips": round(statistics.median(x[1] for x in light), 1),
+                # engine / Lightning per pair, as the main ratio is engine / hand-written loop
+                "ratio_vs_lightning": round(
+                    statistics.median(e / x for e, x in zip(eng, steps, strict=True)), 4
+                ),
+                "lightning_runs": [round(v, 1) for v in steps],
+                "lightning": lb.version(),
+            }
         return {
             "benchmark": "train_overhead",
             "model": case.model,
@@ -231,6 +302,7 @@ def bench_case(
             "repeats": repeats,
             "engine_runs": [round(v, 1) for v in eng],
             "baseline_runs": [round(v, 1) for v in base],
+            **peer_figures,
             "threads": torch.get_num_threads(),
             "python": platform.python_version(),
         }
@@ -247,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=[c.model for c in CASES], action="append")
     parser.add_argument("--profile", action="store_true", help="cProfile one engine run")
     parser.add_argument("--nchw-baseline", action="store_true", help="a plain NCHW baseline loop")
+    parser.add_argument("--no-lightning", action="store_true", help="skip the Lightning peer")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     devices = []
@@ -259,7 +332,15 @@ def main(argv: list[str] | None = None) -> int:
         for case in CASES:
             if args.model and case.model not in args.model:
                 continue
-            result = bench_case(case, device, repeats, args.quick, args.profile, args.nchw_baseline)
+            result = bench_case(
+                case,
+                device,
+                repeats,
+                args.quick,
+                args.profile,
+                args.nchw_baseline,
+                lightning=not args.no_lightning,
+            )
             print(json.dumps(result), flush=True)
     return 0
 

@@ -1,5 +1,6 @@
 """Time to accuracy: submit over HTTP until the first validation at >= 97% top-1 on digits,
-against a hand-written reference loop reaching the same accuracy with the same recipe.
+against a hand-written reference loop reaching the same accuracy with the same recipe, and
+against a Lightning Trainer with that recipe (the second baseline, when it is installed).
 
 Usage: python bench/tta_bench.py [--quick]
 """
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench import lightning_baseline
 from bench.common import emit
 from bench.stack import BenchStack
 from shared import dataset_store as store
@@ -70,6 +72,54 @@ def reference(dataset_dir: Path, target: float) -> tuple[float, int]:
     return float("inf"), RECIPE["epochs"]
 
 
+def lightning_reference(dataset_dir: Path, target: float) -> tuple[float, int]:
+    """The same recipe under a Lightning Trainer (same model, batches, schedule, validation
+    each epoch); seconds from fit() (its set-up included) to the first epoch at target."""
+    import pytorch_lightning as pl
+
+    from bench import lightning_baseline as lb
+
+    torch.manual_seed(RECIPE["seed"])
+    train, val = store.open_split(dataset_dir, "train"), store.open_split(dataset_dir, "val")
+    x = torch.from_numpy(np.ascontiguousarray(train.array())).permute(0, 3, 1, 2)
+    y = torch.from_numpy(train.labels.astype(np.int64))
+    vx = torch.from_numpy(np.ascontiguousarray(val.array())).permute(0, 3, 1, 2)
+    vy = torch.from_numpy(val.labels.astype(np.int64))
+    mean = torch.from_numpy(np.load(dataset_dir / store.MEAN_NPY)).permute(2, 0, 1)
+    model = build_model({"kind": "standard", "name": "lenet"}, 10, 1, 28, 28)
+    lr, bs = RECIPE["learning_rate"], RECIPE["batch_size"]
+    total = math.ceil(len(x) / bs) * RECIPE["epochs"]
+
+    def sgd(m: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9, weight_decay=lr / 100)
+
+    def schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: multiplier(s, total, "step", RECIPE["lr_params"])
+        )
+
+    reached: dict[str, float] = {}
+    start = 0.0
+
+    class Stop(pl.Callback):
+        def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            if module.val_accuracy >= target and "s" not in reached:
+                reached["s"], reached["epoch"] = time.perf_counter() - start, trainer.current_epoch
+                trainer.should_stop = True
+
+    classifier = lb.module(model, lambda t: (t.float() - mean) / 255.0, sgd, schedule)
+    trainer = lb.trainer(torch.device("cpu"), RECIPE["epochs"], "32-true", [Stop()])
+    start = time.perf_counter()
+    trainer.fit(
+        classifier,
+        train_dataloaders=lb.loader(lb.Batches(x, y, bs)),
+        val_dataloaders=lb.loader([(vx, vy)]),  # type: ignore[arg-type]
+    )
+    if "s" not in reached:
+        return float("inf"), RECIPE["epochs"]
+    return reached["s"], int(reached["epoch"]) + 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -79,6 +129,9 @@ def main() -> None:
         dataset = bench.digits_dataset(size=28)
         dataset_dir = bench.tmp / "data" / "datasets" / dataset["id"]
         ref_s, ref_epochs = reference(dataset_dir, target)
+        peer: tuple[float, int] | None = None
+        if lightning_baseline.available():
+            peer = lightning_reference(dataset_dir, target)
         with bench.stack.client() as client:
             start = time.perf_counter()
             job = client.post(
@@ -106,6 +159,14 @@ def main() -> None:
                 time.sleep(0.05)
             client.post(f"/jobs/{job['id']}/abort")
     service_s = reached if reached is not None else float("inf")
+    peer_figures: dict[str, object] = {}
+    if peer is not None:
+        peer_figures = {
+            "lightning_s": round(peer[0], 2),
+            "lightning_epochs": peer[1],
+            "ratio_vs_lightning": round(service_s / peer[0], 3) if peer[0] else None,
+            "lightning": lightning_baseline.version(),
+        }
     emit(
         {
             "benchmark": "time_to_accuracy",
@@ -115,6 +176,7 @@ def main() -> None:
             "baseline": "hand-written PyTorch loop, same recipe, data in memory",
             "baseline_s": round(ref_s, 2),
             "baseline_epochs": ref_epochs,
+            **peer_figures,
             "ratio": round(service_s / ref_s, 3) if ref_s else None,
             "goal": "service <= 1.03 x baseline + 2 s",
             "met": service_s <= 1.03 * ref_s + 2,
