@@ -426,33 +426,6 @@ def test_the_queue_page_says_why_a_job_waits(ui: UI, ui_stack: Stack) -> None:
     assert len(reason) > 10
 
 
-PAGES = [
-    ("login", "/login", "#token", False),
-    ("home", "/", "[data-testid=jobs-table] tbody tr", True),
-    ("dataset-new", "/datasets/new", "[data-testid=dataset-new]", True),
-    ("dataset", "/datasets/{dataset}", "[data-testid=histogram]", True),
-    (
-        "dataset-explore",
-        "/datasets/{dataset}?tab=explore&label=3",
-        "[data-testid=gallery] img",
-        True,
-    ),
-    ("job-new", "/jobs/new?from={job}", "[data-testid=lr-preview] canvas", True),
-    ("job", "/jobs/{job}", "[data-chart=acc] canvas", True),
-    ("job-logs", "/jobs/{job}?tab=logs", "[data-testid=logs] pre div", True),
-    ("evaluation", "/jobs/{evaluation}", "[data-testid=confusion-matrix]", True),
-    ("compare", "/compare?group={group}", "svg.pcoords path", True),
-    ("queue", "/queue", "[data-testid=queue-table]", True),
-    ("fleet", "/fleet", "[data-testid=workers] tbody tr", True),
-    ("models", "/models", "[data-testid=models-table]", True),
-    ("settings", "/settings", "[data-testid=tokens]", True),
-]
-
-
-def test_every_page_in_light_and_dark_with_keyboard_shortcuts(
-    browser: Any, ui_stack: Stack, tmp_path: Path
-) -> None:
-    """Screenshots (docs/ui when DIGITS_UI_SCREENSHOTS names it); `?` and `g q` work."""
 def test_a_study_page_shows_trials_best_so_far_and_parallel_coordinates(
     browser: Any, ui_stack: Stack, tmp_path: Path
 ) -> None:
@@ -506,6 +479,33 @@ def test_a_study_page_shows_trials_best_so_far_and_parallel_coordinates(
     WORLD["study"] = study_id
 
 
+PAGES = [
+    ("login", "/login", "#token", False),
+    ("home", "/", "[data-testid=jobs-table] tbody tr", True),
+    ("dataset-new", "/datasets/new", "[data-testid=dataset-new]", True),
+    ("dataset", "/datasets/{dataset}", "[data-testid=histogram]", True),
+    (
+        "dataset-explore",
+        "/datasets/{dataset}?tab=explore&label=3",
+        "[data-testid=gallery] img",
+        True,
+    ),
+    ("job-new", "/jobs/new?from={job}", "[data-testid=lr-preview] canvas", True),
+    ("job", "/jobs/{job}", "[data-chart=acc] canvas", True),
+    ("job-logs", "/jobs/{job}?tab=logs", "[data-testid=logs] pre div", True),
+    ("evaluation", "/jobs/{evaluation}", "[data-testid=confusion-matrix]", True),
+    ("compare", "/compare?group={group}", "svg.pcoords path", True),
+    ("queue", "/queue", "[data-testid=queue-table]", True),
+    ("fleet", "/fleet", "[data-testid=workers] tbody tr", True),
+    ("models", "/models", "[data-testid=models-table]", True),
+    ("settings", "/settings", "[data-testid=tokens]", True),
+]
+
+
+def test_every_page_in_light_and_dark_with_keyboard_shortcuts(
+    browser: Any, ui_stack: Stack, tmp_path: Path
+) -> None:
+    """Screenshots (docs/ui when DIGITS_UI_SCREENSHOTS names it); `?` and `g q` work."""
     out = Path(os.environ.get("DIGITS_UI_SCREENSHOTS") or tmp_path)
     out.mkdir(parents=True, exist_ok=True)
     with _api(ui_stack) as client:
