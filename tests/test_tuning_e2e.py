@@ -24,7 +24,8 @@ from tests.support import Stack, post_dataset, wait_for
 
 pytestmark = pytest.mark.timeout(1500)
 
-LEASE = 3.0
+# a lease a loaded 2-core machine renews in time (3 s saw healthy jobs requeued)
+LEASE = 6.0
 # checkpoints only where a trial stops (pruned or done): nothing here resumes
 BASE = {"epochs": 15, "seed": 3, "snapshot_interval": 0}
 SPACE = {
@@ -290,7 +291,9 @@ def test_a_worker_killed_mid_study_loses_and_doubles_nothing(env: Env) -> None:
         assert study["status"] == "done", study["reason"]
         assert len(trials) == 3 == len(optuna_trials)
         assert all(t["state"] == "complete" for t in trials), trials
-        assert job["attempts"] == 2, job["status_history"]
+        # the kill requeued it (a later lease lapse on a busy machine would be one more)
+        assert job["attempts"] >= 2, job["status_history"]
+        assert "waiting" in [e["status"] for e in job["status_history"][3:]]
         assert sorted(resumed.intermediate_values) == list(range(1, 9))
         assert {t.state.name for t in optuna_trials} == {"COMPLETE"}
         assert sorted(t.number for t in optuna_trials) == [0, 1, 2]

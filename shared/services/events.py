@@ -84,9 +84,9 @@ def read(
     if len(changes) == limit:
         last = _aware(changes[-1].at)
         horizon = last if horizon is None else min(horizon, last)
-    merged: list[tuple[datetime, int, Any]] = [
-        (_aware(e.created_at), 1, e) for e in events
-    ] + [(_aware(c.at), 0, c) for c in changes]
+    merged: list[tuple[datetime, int, Any]] = [(_aware(e.created_at), 1, e) for e in events] + [
+        (_aware(c.at), 0, c) for c in changes
+    ]
     merged.sort(key=lambda item: (item[0], item[1], item[2].id))
     out: list[StreamEvent] = []
     event_id, status_id = cursor.event, cursor.status
