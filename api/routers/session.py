@@ -73,6 +73,7 @@ def create_session(
     operation_id="get_session",
     summary="Who the browser is signed in as",
     response_model=SessionRead,
+    responses={503: {"model": Problem, "description": "The database is unavailable; retry later"}},
 )
 def get_session(request: Request, session: SessionDep) -> SessionRead:
     """The session cookie's user, or null: a page asks this instead of meeting a 401."""

@@ -179,12 +179,17 @@ def test_too_few_images_everywhere_ends_in_error(client) -> None:  # type: ignor
 
 
 def test_upload_over_the_limit_is_refused_before_the_body_is_read(pg_stack: Stack) -> None:
-    """The 413 comes back on the headers alone: nothing is parsed or spooled."""
+    """The 413 comes back on the headers alone: nothing is parsed or spooled.
+
+    Signed in: an anonymous request gets its 401 first, also before the body.
+    """
     limit = 8 * 1024 * 1024
+    token = pg_stack.token
     with socket.create_connection(("127.0.0.1", pg_stack.port), timeout=10) as sock:
         sock.sendall(
             b"POST /api/v1/datasets HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: multipart/form-data; boundary=b\r\n"
+            + f"Authorization: Bearer {token}\r\n".encode()
+            + b"Content-Type: multipart/form-data; boundary=b\r\n"
             + f"Content-Length: {limit + 1}\r\n\r\n".encode()
         )
         chunks = []
