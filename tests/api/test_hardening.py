@@ -426,11 +426,7 @@ def test_a_deep_info_json_is_400(pg_stack: Stack) -> None:
         resp = client.post(
             "/pretrained-models",
             files={
-                "weights": (
-                    "weights.safetensors",
-                    b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ",
-                    "x",
-                ),
+                "weights": ("weights.safetensors", weights, "x"),
                 "info": ("info.json", deep, "application/json"),
             },
         )
