@@ -406,11 +406,12 @@ def _run_hosts(
             figures[f"download_bytes[{name}]"] = len(resp.content)
 
         # a longer job; its host is lost mid-job; the other host resumes it from the bucket
-        # long enough that the kill lands mid-job on any machine: 4 s of training steps at the
-        # speed the sweep measured (validation and snapshots each epoch about double it)
+        # long enough that the kill lands mid-job on any machine: 12 s of training steps at
+        # the speed the sweep measured, and never under 30 epochs (a one-epoch sweep's speed
+        # is mostly warm-up: on a fast machine 8 epochs ended between two polls)
         speeds = sorted(j["last"]["train.images_per_second"]["value"] for j in finals)
         epoch_s = dataset["splits"]["train"]["images"] / speeds[len(speeds) // 2]
-        epochs = min(300, max(8, math.ceil(4 / epoch_s)))
+        epochs = min(300, max(30, math.ceil(12 / epoch_s)))
         victim = submit(
             api,
             {"dataset_id": dataset["id"], "name": "victim", "network": "lenet",
@@ -420,6 +421,7 @@ def _run_hosts(
 
         def second_snapshot() -> dict[str, Any] | None:
             job = api.get(f"/jobs/{victim['id']}").json()
+            assert job["status"] in ("initialized", "waiting", "running"), f"ended early: {job}"
             names_ = {c["name"] for c in api.get(f"/jobs/{victim['id']}/checkpoints").json()}
             return job if job["status"] == "running" and "epoch-2" in names_ else None
 
