@@ -5,7 +5,8 @@ attempts and duplicate answers when nothing fails, and the recovery time when th
 running it is killed mid-way (SIGKILL; the other worker takes over, or the one restarted).
 Prints one JSON line per scenario; docs/reliability.md records them.
 
-Usage: python -m bench.lifecycle_bench [--quick]
+Usage: python -m bench.lifecycle_bench [--quick] [--workers 1 2] [--kinds inference ...]
+                                        [--kill no|yes|both]
 """
 
 from __future__ import annotations
@@ -133,7 +134,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2])
+    parser.add_argument(
+        "--kinds", nargs="*", default=["inference", "evaluation", "import"], help="which work"
+    )
+    parser.add_argument("--kill", choices=["no", "yes", "both"], default="both")
     args = parser.parse_args()
+    kills = {"no": (False,), "yes": (True,), "both": (False, True)}[args.kill]
     reps = 2 if args.quick else 12
     blocks = 2 if args.quick else 8
     images, labels = digits_arrays()
@@ -213,10 +219,15 @@ def main() -> None:
             def imported(_client: httpx.Client, ds: dict[str, Any]) -> tuple[int, int]:
                 return int(ds.get("num_images", 0)), 0
 
-            for kill in (False, True):
-                scenario(bench, "inference", classify, workers, kill, _results)
-                scenario(bench, "evaluation", evaluate, workers, kill, evaluated)
-                scenario(bench, "import", imports, workers, kill, imported)
+            runs = {
+                "inference": (classify, _results),
+                "evaluation": (evaluate, evaluated),
+                "import": (imports, imported),
+            }
+            for kill in kills:
+                for kind in args.kinds:
+                    submit, count = runs[kind]
+                    scenario(bench, kind, submit, workers, kill, count)
 
 
 if __name__ == "__main__":
