@@ -17,6 +17,7 @@ import ctypes
 import io
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -411,7 +412,7 @@ def _run_hosts(
         # is mostly warm-up: on a fast machine 8 epochs ended between two polls)
         speeds = sorted(j["last"]["train.images_per_second"]["value"] for j in finals)
         epoch_s = dataset["splits"]["train"]["images"] / speeds[len(speeds) // 2]
-        epochs = min(300, max(30, math.ceil(12 / epoch_s)))
+        epochs = min(1000, max(300, math.ceil(12 / epoch_s)))
         victim = submit(
             api,
             {"dataset_id": dataset["id"], "name": "victim", "network": "lenet",
@@ -423,7 +424,8 @@ def _run_hosts(
             job = api.get(f"/jobs/{victim['id']}").json()
             assert job["status"] in ("initialized", "waiting", "running"), f"ended early: {job}"
             names_ = {c["name"] for c in api.get(f"/jobs/{victim['id']}/checkpoints").json()}
-            return job if job["status"] == "running" and "epoch-2" in names_ else None
+            epochs_ = [int(n.split("-")[1]) for n in names_ if re.fullmatch(r"epoch-\d+", n)]
+            return job if job["status"] == "running" and max(epochs_, default=0) >= 2 else None
 
         running = _wait(second_snapshot, "the victim's second snapshot", 300, hosts, logs)
         lost = next(h for h, n in names.items() if n == running["worker"])
