@@ -494,7 +494,9 @@ PAGES = [
     ("job", "/jobs/{job}", "[data-chart=acc] canvas", True),
     ("job-logs", "/jobs/{job}?tab=logs", "[data-testid=logs] pre div", True),
     ("evaluation", "/jobs/{evaluation}", "[data-testid=confusion-matrix]", True),
-    ("compare", "/compare?group={group}", "svg.pcoords path", True),
+    # The axes' hit boxes: a run's line may be flat (every value equal), and Playwright
+    # calls a zero-height path invisible.
+    ("compare", "/compare?group={group}", "svg.pcoords rect.hit", True),
     ("queue", "/queue", "[data-testid=queue-table]", True),
     ("fleet", "/fleet", "[data-testid=workers] tbody tr", True),
     ("models", "/models", "[data-testid=models-table]", True),
@@ -515,6 +517,8 @@ def test_every_page_in_light_and_dark_with_keyboard_shortcuts(
             ui = UI(browser, ui_stack, token=ui_stack.token if signed_in else None, theme=theme)
             page = ui.page(path.format(**WORLD))
             page.wait_for_selector(ready)
+            if name == "compare":
+                page.wait_for_selector("svg.pcoords path.line", state="attached")
             page.wait_for_timeout(400)  # images decode, charts settle
             assert page.evaluate("document.documentElement.dataset.theme") == theme
             page.screenshot(path=str(out / f"{name}-{theme}.png"))
