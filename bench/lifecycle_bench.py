@@ -184,6 +184,8 @@ def main() -> None:
                         "hyperparameters": {"epochs": 1, "batch_size": 16, "seed": 1},
                     },
                 )
+                if not resp.is_success:
+                    raise RuntimeError(f"the model job was refused: {resp.status_code} {resp.text}")
                 model = wait_for(client, f"/jobs/{resp.json()['jobs'][0]['id']}", timeout=900)
 
             def classify(client: httpx.Client, model: dict[str, Any] = model) -> str:
