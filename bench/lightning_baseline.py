@@ -59,8 +59,12 @@ class Batches(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
 
 
 def loader(dataset: IterableDataset[Any]) -> DataLoader[Any]:
-    """Batches as they come (no collation, no worker processes: the data is in memory)."""
-    return DataLoader(dataset, batch_size=None, num_workers=0)
+    """Batches as they come (no collation, no worker processes: the data is in memory).
+
+    The loader has its own generator: each epoch's iterator draws a base seed, which from the
+    global generator would shift every later permutation (the hand-written loop's batches, and
+    its accuracies, would no longer be the Trainer's)."""
+    return DataLoader(dataset, batch_size=None, num_workers=0, generator=torch.Generator())
 
 
 def quiet() -> None:
