@@ -171,6 +171,17 @@ def main() -> int:
                     {"jobs": ",".join(ids), "names": ",".join(METRICS), "max_points": 1000},
                 ),
                 ("jobs_page_200", "/jobs", {"per_page": 200}),
+                (  # the compare page's first request for a chart (compare.js, MAX_POINTS)
+                    "compare_first_metric",
+                    "/metrics",
+                    {
+                        "jobs": ",".join(ids),
+                        "names": METRICS[0],
+                        "max_points": 400,
+                        "columns": "epoch,value",
+                    },
+                ),
+                ("jobs_group_page", "/jobs", {"group": group, "per_page": 200}),
             ):
                 t0 = time.perf_counter()
                 resp = client.get(path, params=params)
@@ -191,7 +202,20 @@ def main() -> int:
                 page.goto(f"/compare?group={group}")
                 page.wait_for_function("() => window.__bench.allCharts", timeout=60_000)
                 t = page.evaluate("window.__bench")
+                # where the first chart's time went: the scripts, the runs, its metric's answer
+                marks = page.evaluate(
+                    "(() => { const r = performance.getEntriesByType('resource');"
+                    " const end = (f) => Math.max(0, ...r.filter(f).map(e => e.responseEnd));"
+                    " const m = r.find(e => e.name.includes('/api/v1/metrics?'));"
+                    " return { scripts: end(e => e.name.endsWith('.js')),"
+                    " runs: end(e => e.name.includes('/api/v1/jobs?')),"
+                    " metric_sent: m ? m.requestStart : null,"
+                    " metric_received: m ? m.responseEnd : null }; })()"
+                )
                 if run:
+                    for key, value in marks.items():
+                        if value is not None:
+                            figures.setdefault(f"first_{key}", []).append(value)
                     figures["first"].append(t["firstChart"])
                     figures["all"].append(t["allCharts"])
                 page.goto("/")
@@ -223,6 +247,9 @@ def main() -> int:
             points_per_metric=POINTS,
             metrics=len(METRICS),
             first_chart_ms=med["first"],
+            # from navigation start: last script loaded, the runs listed, the first metric's
+            # request sent and its answer received (the rest is parsing and drawing)
+            **{f"{k}_ms": v for k, v in med.items() if k.startswith("first_")},
             all_charts_ms=med["all"],
             goal_first_paint_ms=500,
         )
