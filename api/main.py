@@ -127,8 +127,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         401: {"model": Problem, "description": "Missing, malformed or revoked token"},
         503: {"model": Problem, "description": "The database is unavailable; retry later"},
     }
-    app.include_router(datasets.router, prefix=API_PREFIX, responses=guarded)
+    # routes match in order, one by one: the reads that dashboards poll (a job, the jobs) come
+    # first, which cut FastAPI's matching of a get-job from 14 routes tried to 3
     app.include_router(jobs.router, prefix=API_PREFIX, responses=guarded)
+    app.include_router(datasets.router, prefix=API_PREFIX, responses=guarded)
     app.include_router(events.router, prefix=API_PREFIX, responses=guarded)
     app.include_router(catalog.router, prefix=API_PREFIX, responses=guarded)
     app.include_router(fleet.router, prefix=API_PREFIX, responses=guarded)

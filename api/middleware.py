@@ -131,11 +131,15 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"")
+        if declared is None and not chunked:  # no body to cap or to wait for (every GET)
+            await self.app(scope, receive, send)
+            return
         limit = self.upload_limit if is_upload(scope) else self.json_limit
         stall = _Stall(receive, send, self.read_timeout)
         receive, send = stall.receive, stall.send
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
         if declared is not None:
             try:
                 length = int(declared)
@@ -146,9 +150,6 @@ class BodyLimitMiddleware:
                 await _too_large(send, limit)
                 return
             await self.app(scope, _counting(receive, limit), send)
-            return
-        if b"chunked" not in headers.get(b"transfer-encoding", b""):
-            await self.app(scope, receive, send)
             return
         # No declared length: buffer (to disk past 1 MiB) up to the limit, then replay.
         spool = tempfile.SpooledTemporaryFile(max_size=1024 * 1024)  # noqa: SIM115

@@ -218,6 +218,58 @@ def test_the_state_file_is_replaced_atomically_and_health_reads_it(tmp_path: Pat
     assert read_processes(tmp_path / "missing.json") == {}
 
 
+@pytest.mark.anyio
+async def test_health_shows_a_rewritten_state_file_at_once_and_a_stale_one_as_gone(
+    tmp_path: Path,
+) -> None:
+    """/health keeps its answer's bytes while nothing it was made of changed: a restart
+    written to the state file shows in the next answer, and a file that stops being
+    rewritten reads as no supervisor once it is STATE_FRESH_SECONDS old."""
+    from api.main import create_app
+    from api.routers import health
+    from shared import migrate
+    from shared.settings import Settings
+
+    settings = Settings(data_dir=tmp_path)
+    migrate.upgrade(settings)
+    app = create_app(settings)
+    path = settings.supervisor_state_file
+
+    def write(state: str, written_at: float) -> None:
+        child = {"kind": "api", "state": state, "pid": 1 if state == "running" else None}
+        child |= {"restarts": 0, "last_exit": None, "since": "2026-12-03T00:00:00Z"}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"written_at": written_at, "children": {"api": child}}))
+        tmp.replace(path)
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+
+            async def processes() -> dict[str, Any]:
+                resp = await client.get("/api/v1/health")
+                assert resp.headers["content-type"] == "application/json"
+                return resp.json()["processes"]  # type: ignore[no-any-return]
+
+            write("running", time.time())
+            first = await processes()
+            again = await processes()
+            write("restarting", time.time())
+            restarted = await processes()
+            write("running", time.time() - health.STATE_FRESH_SECONDS + 0.4)
+            fresh = await processes()
+            time.sleep(0.6)  # not rewritten: stale now
+            stale = await processes()
+    _report(
+        f"HEALTH state: {first['api']['state']}, {again['api']['state']}, "
+        f"{restarted['api']['state']}, then {len(stale)} processes once stale"
+    )
+    assert first["api"]["state"] == again["api"]["state"] == "running"
+    assert restarted["api"]["state"] == "restarting" and restarted["api"]["ok"] is False
+    assert fresh["api"]["state"] == "running"
+    assert stale == {}
+
+
 def test_stop_sends_sigterm_then_sigkills_what_ignores_it(tmp_path: Path) -> None:
     marker = tmp_path / "graceful"
     graceful = (

@@ -85,7 +85,6 @@ def create_job(
 )
 async def list_jobs(
     request: Request,
-    user: CurrentUser,
     status: Status | None = None,
     group: str | None = None,
     dataset_id: uuid.UUID | None = None,
@@ -94,6 +93,7 @@ async def list_jobs(
     if_none_match: Annotated[str | None, IfNoneMatch] = None,
 ) -> Response:
     """A page of jobs, newest first, filtered by status, group or dataset."""
+    user = await get_current_user(request)  # the router's dependency checked it: no second solve
     reads = request.app.state.reads
     body = await job_reads.list_jobs_json(
         reads,
@@ -118,8 +118,6 @@ async def list_jobs(
 async def get_job(
     job_id: uuid.UUID,
     request: Request,
-    settings: SettingsDep,
-    user: CurrentUser,
     if_none_match: Annotated[str | None, IfNoneMatch] = None,
 ) -> Response:
     """A job: its request, status history, progress, ETA, worker, best and last metrics.
@@ -127,6 +125,8 @@ async def get_job(
     Send its ETag back in If-None-Match: an unchanged job answers 304 with no body.
     """
     state = request.app.state
+    user = await get_current_user(request)  # the router's dependency checked it: no second solve
+    settings = state.settings
     body, status = await job_reads.read_job(state.reads, job_id, user)
     if status == Status.WAITING:  # where it stands in the queue, and why (the ORM's rules)
 
