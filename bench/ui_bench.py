@@ -182,6 +182,17 @@ def main() -> int:
                     },
                 ),
                 ("jobs_group_page", "/jobs", {"group": group, "per_page": 200}),
+                # the same first chart by group (what the page asks, from boot.js), kept
+                (
+                    "compare_first_metric_by_group",
+                    "/metrics",
+                    {
+                        "group": group,
+                        "names": METRICS[0],
+                        "max_points": 400,
+                        "columns": "epoch,value",
+                    },
+                ),
             ):
                 t0 = time.perf_counter()
                 resp = client.get(path, params=params)
@@ -210,7 +221,9 @@ def main() -> int:
                     " return { scripts: end(e => e.name.endsWith('.js')),"
                     " runs: end(e => e.name.includes('/api/v1/jobs?')),"
                     " metric_sent: m ? m.requestStart : null,"
-                    " metric_received: m ? m.responseEnd : null }; })()"
+                    " metric_received: m ? m.responseEnd : null,"
+                    " contentful_paint: (performance.getEntriesByName('first-contentful-paint')"
+                    "[0] || {}).startTime || null }; })()"
                 )
                 if run:
                     for key, value in marks.items():
@@ -233,6 +246,14 @@ def main() -> int:
             page = cold.new_page()
             page.goto(f"/compare?group={group}")  # main.js imports every page module
             page.wait_for_selector(".uplot canvas", timeout=60_000)
+            # the other pages' modules follow when the browser is idle (main.js): all of them
+            pages = len(list((ROOT / "api" / "ui" / "app" / "pages").glob("*.js")))
+            page.wait_for_function(
+                "n => performance.getEntriesByType('resource')"
+                ".filter(r => r.name.includes('/ui/app/pages/')).length >= n",
+                arg=pages,
+                timeout=30_000,
+            )
             entries = page.evaluate(
                 "performance.getEntriesByType('resource').filter(r => r.name.endsWith('.js'))"
                 ".map(r => [r.name, r.encodedBodySize, r.decodedBodySize])"

@@ -80,7 +80,16 @@ async def stream_many(
 def metrics_batch(
     session: SessionDep,
     user: CurrentUser,
-    jobs: Annotated[str, Query(max_length=8000, description="Comma-separated job ids (<= 200)")],
+    jobs: Annotated[
+        str | None, Query(max_length=8000, description="Comma-separated job ids (<= 200)")
+    ] = None,
+    group: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="Instead of `jobs`: the group's training jobs (its newest 200)",
+        ),
+    ] = None,
     names: Annotated[str | None, Query(description="Comma-separated series names")] = None,
     max_points: Annotated[int | None, Query(ge=2, le=100_000)] = 2000,
     columns: Annotated[
@@ -99,7 +108,15 @@ def metrics_batch(
         raise InvalidInput(f"columns: {exc}", code="invalid_columns") from exc
     # one query for the jobs and one for all their points (it was two per job: 100 jobs x
     # 5 series took 9-14 s)
-    stamps = metrics_service.visible_stamps(session, _ids(jobs), user)
+    if group is not None and jobs is not None:
+        raise InvalidInput("give `jobs` or `group`, not both", code="jobs_and_group")
+    if group is not None:  # a compare page asks for it before it has listed the group
+        stamps = metrics_service.group_stamps(session, group, user)
+    else:
+        ids = _ids(jobs)
+        if not ids:
+            raise InvalidInput("give `jobs` or `group`", code="no_jobs")
+        stamps = metrics_service.visible_stamps(session, ids, user)
     bodies = metrics_service.series_json(
         session, stamps, names=wanted, max_points=max_points, columns=chosen
     )

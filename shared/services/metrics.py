@@ -26,7 +26,7 @@ from sqlalchemy import ColumnElement, false, select
 from sqlalchemy.orm import Session
 
 from shared.errors import NotFound
-from shared.models import Job, MetricPoint, User
+from shared.models import Job, JobKind, MetricPoint, User
 from shared.services import datasets as datasets_service
 
 COLUMNS = ("step", "epoch", "value", "time")
@@ -240,6 +240,28 @@ def visible_stamps(
             raise NotFound(f"job {job_id} does not exist", code="job_not_found")
         stamps[job_id] = Stamp(row.created_at, str(row.status), row.updated_at)
     return stamps
+
+
+def group_stamps(
+    session: Session, group: str, user: User, limit: int = 200
+) -> dict[uuid.UUID, Stamp]:
+    """The Stamps of a group's training jobs this user sees, oldest first (at most `limit`,
+    the newest of them when there are more): what a compare page of the group charts."""
+    query = (
+        select(Job.id, Job.created_at, Job.status, Job.updated_at)
+        .where(
+            Job.group_name == group,
+            Job.kind == JobKind.TRAIN,
+            Job.delete_requested == false(),
+        )
+        .order_by(Job.created_at.desc(), Job.id.desc())
+        .limit(limit)
+    )
+    if not user.is_admin:
+        query = query.where(Job.owner_id == user.id)
+    rows = list(session.execute(query))
+    rows.reverse()
+    return {row.id: Stamp(row.created_at, str(row.status), row.updated_at) for row in rows}
 
 
 class _Kept:

@@ -281,6 +281,37 @@ async def test_a_batch_read_names_the_first_job_it_cannot_show(api: Api) -> None
     assert unknown in resp.json()["detail"]
 
 
+async def test_a_batch_read_of_a_group_is_the_read_of_its_jobs(api: Api) -> None:
+    """`group=` answers what `jobs=` with the group's training jobs answers, and nothing of
+    another user's job in a group of the same name."""
+    group = f"g{uuid.uuid4().hex[:8]}"
+    mine = [await _submit(api, f"r{i}", group=group) for i in range(3)]
+    await _submit(api, "elsewhere", group=f"{group}-other")
+    for job, n in zip(mine, (40, 60, 80), strict=True):
+        _series(api, job["id"], np.linspace(1, 0, n))
+    with session_scope(api.app.state.session_factory) as s:
+        other_id, other_token, other_ds = _user_and_dataset(s, f"o{uuid.uuid4().hex[:10]}")
+    theirs = await api.client.post(
+        "/jobs",
+        json={"dataset_id": str(other_ds), "name": "theirs", "network": "lenet", "group": group},
+        headers={"Authorization": f"Bearer {other_token}"},
+    )
+    assert theirs.status_code == 202, theirs.text
+    params = {"max_points": 20, "columns": "epoch,value", "names": "train.loss"}
+    by_group = await api.client.get("/metrics", params={**params, "group": group})
+    ids = ",".join(j["id"] for j in mine)
+    by_ids = await api.client.get("/metrics", params={**params, "jobs": ids})
+    both = await api.client.get("/metrics", params={"jobs": ids, "group": group})
+    neither = await api.client.get("/metrics", params=params)
+    print("group:", list(by_group.json()["jobs"]), "both:", both.json()["code"])
+    assert by_group.status_code == 200
+    assert by_group.json() == by_ids.json()  # the same jobs, oldest first, the same series
+    assert list(by_group.json()["jobs"]) == [j["id"] for j in mine]
+    assert (both.status_code, both.json()["code"]) == (400, "jobs_and_group")
+    assert (neither.status_code, neither.json()["code"]) == (400, "no_jobs")
+    assert other_id != api.user_id
+
+
 async def test_the_same_reads_on_sqlite(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     migrate.upgrade(settings)

@@ -288,8 +288,17 @@ def test_a_sweep_on_the_compare_page_and_brushing_hides_series(
         for job in jobs:
             assert wait_for(client, f"/jobs/{job['id']}", timeout=300)["status"] == "done"
     WORLD["group"] = group
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/api/v1/" in r.url else None)
     page.reload()
     page.wait_for_selector("[data-testid='compare-train.loss'][data-series='3']")
+    # boot.js asked for the session, the runs and the first chart's series before any module
+    # ran; the modules took those answers and asked for none of them again
+    first = [u for u in asked if "names=train.loss" in u]
+    print("compare reload asked:", [u.split("/api/v1", 1)[1][:60] for u in asked])
+    assert sum(u.endswith("/api/v1/session") for u in asked) == 1
+    assert sum("/api/v1/jobs?group=" in u for u in asked) == 1
+    assert len(first) == 1 and "/api/v1/metrics?group=" in first[0], first
     series = {
         name: page.get_attribute(f"[data-testid='compare-{name}']", "data-series")
         for name in ("train.loss", "val.loss", "val.accuracy")

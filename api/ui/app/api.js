@@ -29,9 +29,17 @@ async function problemOf(resp) {
   return { status: resp.status, title: resp.statusText || `HTTP ${resp.status}`, detail: text.slice(0, 300) };
 }
 
-// GETs started before their page asks (prefetch), by path; each is taken once, while fresh
+// GETs started before their page asks (prefetch, and boot.js before any module ran), by
+// path; each is taken once, while fresh
 const early = new Map();
 const EARLY_MS = 5000;
+
+function adoptBoot() {
+  const boot = window.__digitsEarly;
+  if (!boot) return;
+  for (const [path, started] of Object.entries(boot)) if (!early.has(path)) early.set(path, started);
+  window.__digitsEarly = {};
+}
 
 /**
  * Start a GET now, while the app still checks the session and loads: the page's own api()
@@ -39,6 +47,7 @@ const EARLY_MS = 5000;
  * is dropped here; the page's call then asks the server itself and sees the error.
  */
 export function prefetch(path) {
+  adoptBoot();
   if (early.has(path)) return;
   const answer = fetch(API + path, { headers: { Accept: "application/json" }, credentials: "same-origin" })
     .then((resp) => (resp.ok ? resp.json() : null), () => null);
@@ -47,6 +56,7 @@ export function prefetch(path) {
 
 /** fetch against /api/v1; returns parsed JSON (or text, or the Response with raw: true). */
 export async function api(path, { method = "GET", body, form, headers = {}, raw = false, signal, quiet401 = false } = {}) {
+  if (method === "GET" && !raw) adoptBoot();
   const started = method === "GET" && !raw && early.get(path);
   if (started) {
     early.delete(path);

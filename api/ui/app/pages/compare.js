@@ -1,8 +1,8 @@
 // /compare?jobs=a,b,c or ?group=g: runs overlaid per metric, colour by run or hyperparameter,
 // hover highlight, legend search, the hyperparameters that differ, and parallel coordinates
 // whose brushing filters the curves.
-import { html, useEffect, useMemo, useRef, useState } from "../lib.js";
-import { allPages, api, prefetch } from "../api.js";
+import { html, useEffect, useLayoutEffect, useMemo, useRef, useState } from "../lib.js";
+import { ApiError, allPages, api, prefetch } from "../api.js";
 import { useQueryState } from "../router.js";
 import { Empty, Problem, SearchIcon, Status } from "../components.js";
 import { Chart, palette, ramp } from "../charts.js";
@@ -156,10 +156,33 @@ export function ParallelCoords({ jobs, axes, colors, brushes, setBrushes, hidden
   </div>`;
 }
 
-/** A group's runs, requested at boot as allPages will ask for them (see main.js). */
-export function prefetchCompare(search) {
-  const group = new URLSearchParams(search).get("group");
-  if (group) prefetch(`/jobs?group=${encodeURIComponent(group)}&page=1&per_page=200`);
+/** A group's runs and its first chart's series, requested at boot as the page will ask for
+ * them (boot.js asks for the same paths before any module runs). */
+export function prefetchFirst(search) {
+  const params = new URLSearchParams(search);
+  const group = params.get("group");
+  if (!group) return;
+  prefetch(`/jobs?group=${encodeURIComponent(group)}&page=1&per_page=200`);
+  prefetch(groupSeriesPath(group, METRICS[0], params.get("x") || "epoch"));
+}
+
+function groupSeriesPath(group, name, col) {
+  const q = new URLSearchParams({ group, names: name, max_points: String(MAX_POINTS), columns: `${col},value` });
+  return `/metrics?${q}`;
+}
+
+/** One metric of every run: by group in one request that needs no list of ids (so it can
+ * leave before the runs are listed), else by the runs' ids. */
+async function seriesOf(group, list, name, col) {
+  if (group && list.length <= 200 && hasBatch() !== false) {
+    try {
+      return (await api(groupSeriesPath(group, name, col))).jobs;
+    } catch (err) {
+      // a server without `group` on its batch read (or none): by ids, as before
+      if (!(err instanceof ApiError) || ![400, 404, 405, 422].includes(err.status)) throw err;
+    }
+  }
+  return batchSeries(list.map((j) => j.id), { names: [name], maxPoints: MAX_POINTS, columns: [col, "value"] });
 }
 
 export function ComparePage() {
@@ -178,6 +201,10 @@ export function ComparePage() {
   const [brushText, setBrushText] = useQueryState("brush", "");
   const [offText, setOffText] = useQueryState("off", "");
   const [highlight, setHighlight] = useState(null);
+  // the parallel coordinates and the table of differences come a frame after the first
+  // chart: 100 runs of them were a third of the work before it could paint
+  const [full, setFull] = useState(false);
+  useEffect(() => { if (jobs && !full) setFull(true); }, [jobs]);
   // the x column the series hold (only it and the values are fetched: see loadSeries)
   const xRef = useRef(x);
   xRef.current = x;
@@ -185,15 +212,18 @@ export function ComparePage() {
 
   /** Every metric's series with the columns of x axis `col`, one metric per request, the
    * first chart's first: it paints while the rest load. */
-  const loadSeries = async (list, col, stopped) => {
+  const keep = (all) => {
+    for (const [id, body] of Object.entries(all)) {
+      const into = data.current[id] || (data.current[id] = {});
+      for (const [metric, s] of Object.entries(body.series || {})) into[metric] = withAllColumns(s);
+    }
+  };
+  const loadSeries = async (list, col, stopped, from = 0) => {
     loadedX.current = col;
-    for (const name of METRICS) {
-      const all = await batchSeries(list.map((j) => j.id), { names: [name], maxPoints: MAX_POINTS, columns: [col, "value"] });
+    for (const name of METRICS.slice(from)) {
+      const all = await seriesOf(group, list, name, col);
       if (stopped() || loadedX.current !== col) return;
-      for (const [id, body] of Object.entries(all)) {
-        const into = data.current[id] || (data.current[id] = {});
-        for (const [metric, s] of Object.entries(body.series || {})) into[metric] = withAllColumns(s);
-      }
+      keep(all);
       setVersion((v) => v + 1);
     }
   };
@@ -206,21 +236,30 @@ export function ComparePage() {
     return () => { stop = true; };
   }, [x, jobs]);
 
-  useEffect(() => {
+  // a layout effect: its requests were asked for at boot, and their answers are taken before
+  // the browser paints "Loading…", not a frame after
+  useLayoutEffect(() => {
     let stop = false;
     let stream = null;
     (async () => {
       try {
         let list;
-        if (group) list = (await allPages(`/jobs?group=${encodeURIComponent(group)}`)).filter((j) => j.kind === "train");
-        else {
+        let first = null;
+        const col = xRef.current;
+        if (group) {
+          // the first chart's series by group, while the runs are listed (one render has both)
+          first = api(groupSeriesPath(group, METRICS[0], col)).then((b) => b.jobs, () => null);
+          list = (await allPages(`/jobs?group=${encodeURIComponent(group)}`)).filter((j) => j.kind === "train");
+        } else {
           const ids = (idsParam || "").split(",").map((s) => s.trim()).filter(Boolean);
           list = await Promise.all(ids.map((id) => api(`/jobs/${id}`)));
         }
         list.sort((a, b) => (a.created_at < b.created_at ? -1 : 1));
+        first = first && list.length <= 200 ? await first : null;
         if (stop) return;
+        if (first) keep(first);
         setJobs(list);
-        await loadSeries(list, xRef.current, () => stop);
+        await loadSeries(list, col, () => stop, first ? 1 : 0);
         if (stop) return;
         const running = list.filter((j) => ["running", "waiting", "initialized"].includes(j.status)).map((j) => j.id);
         if (running.length) {
@@ -340,7 +379,7 @@ export function ComparePage() {
             syncKey="compare" hidden=${hidden} highlight=${highlight} onFocus=${setHighlight} testid=${`compare-${c.name}`} showLegend=${jobs.length <= 8}
             points=${c.list.every((l) => l.x.length < 3)} />
         </div>`)}</div>
-        <div class="card"><div class="card-head"><h2>Hyperparameters → best ${metricLabel(target)}</h2><span class="faint small">drag along an axis to filter; click it to clear</span></div>
+        ${full && html`<div class="card"><div class="card-head"><h2>Hyperparameters → best ${metricLabel(target)}</h2><span class="faint small">drag along an axis to filter; click it to clear</span></div>
           <div class="card-body"><${ParallelCoords} jobs=${jobs} axes=${axes} colors=${colors} brushes=${brushes} setBrushes=${(b) => setBrushText(formatBrushes(b))} hidden=${hidden} highlight=${highlight} setHighlight=${setHighlight} /></div></div>
         <div class="card"><div class="card-head"><h2>What differs</h2></div><div class="table-wrap"><table class="t" data-testid="hp-diff">
           <thead><tr><th>Run</th><th>Status</th>${diff.map((k) => html`<th>${k}</th>`)}<th class="num">best val top-1</th><th class="num">best val loss</th></tr></thead>
@@ -350,7 +389,7 @@ export function ComparePage() {
             ${diff.map((k) => html`<td class="mono">${flats[r][k] === null || flats[r][k] === undefined ? "–" : String(flats[r][k])}</td>`)}
             <td class="num">${fmtPct(bestValue(job, "val.accuracy"), 2)}</td><td class="num">${fmtNum(bestValue(job, "val.loss"))}</td>
           </tr>`)}</tbody>
-        </table></div></div>
+        </table></div></div>`}
       </div>
     </div>
   </main>`;

@@ -55,7 +55,7 @@ function RunningCard({ job, spark, onAbort }) {
 }
 
 /** The first screenful's request, started at boot (see main.js). */
-export function prefetchHome() {
+export function prefetchFirst() {
   prefetch(`/jobs?per_page=${PER_PAGE}`);
 }
 
