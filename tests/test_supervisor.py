@@ -265,7 +265,8 @@ async def test_health_shows_a_rewritten_state_file_at_once_and_a_stale_one_as_go
         f"{restarted['api']['state']}, then {len(stale)} processes once stale"
     )
     assert first["api"]["state"] == again["api"]["state"] == "running"
-    assert restarted["api"]["state"] == "restarting" and restarted["api"]["ok"] is False
+    assert restarted["api"]["state"] == "restarting"
+    assert restarted["api"]["ok"] is False
     assert fresh["api"]["state"] == "running"
     assert stale == {}
 

@@ -298,7 +298,8 @@ def test_a_sweep_on_the_compare_page_and_brushing_hides_series(
     print("compare reload asked:", [u.split("/api/v1", 1)[1][:60] for u in asked])
     assert sum(u.endswith("/api/v1/session") for u in asked) == 1
     assert sum("/api/v1/jobs?group=" in u for u in asked) == 1
-    assert len(first) == 1 and "/api/v1/metrics?group=" in first[0], first
+    assert len(first) == 1, first
+    assert "/api/v1/metrics?group=" in first[0], first
     series = {
         name: page.get_attribute(f"[data-testid='compare-{name}']", "data-series")
         for name in ("train.loss", "val.loss", "val.accuracy")
