@@ -18,6 +18,8 @@ from starlette.exceptions import HTTPException
 from starlette.routing import get_route_path
 from starlette.types import Receive, Scope, Send
 
+from api.conditional import matches
+
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 
 # The app runs under `script-src 'self'`: no inline script, no eval, no CDN. Charts and
@@ -87,7 +89,7 @@ class UIAssets:
             "Vary": "Accept-Encoding",
             **security_headers(),
         }
-        if _matches(headers.get("if-none-match", ""), asset.etag):
+        if matches(headers.get("if-none-match"), asset.etag):
             response: Response = Response(status_code=304, headers=common)
         elif asset.gzipped is not None and "gzip" in headers.get("accept-encoding", ""):
             common["Content-Encoding"] = "gzip"
@@ -127,19 +129,6 @@ def _read_asset(full: str, stamp: tuple[int, int]) -> _Asset:
         media_type += "; charset=utf-8"
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
     return _Asset(stamp, body, gzipped, etag, media_type)
-
-
-def _matches(if_none_match: str, etag: str) -> bool:
-    """RFC 9110 weak comparison against an If-None-Match list (or `*`)."""
-    opaque = etag.removeprefix("W/")
-    return (
-        any(
-            c.strip() == "*" or c.strip().removeprefix("W/") == opaque
-            for c in if_none_match.split(",")
-        )
-        if if_none_match
-        else False
-    )
 
 
 router = APIRouter(include_in_schema=False)
