@@ -17,9 +17,11 @@ import os
 import resource
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -169,6 +171,23 @@ def port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def listening(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when a server accepts connections on host:port.
+
+    A client that polls a local port nothing listens on yet can be handed that very port as
+    its own (an ephemeral port), connect to itself and hold the port, so that the server's
+    bind fails. This probe notices that, and closes with a reset (no TIME_WAIT left behind).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.settimeout(timeout)
+        try:
+            sock.connect((host, port))
+        except OSError:
+            return False
+        return bool(sock.getsockname() != sock.getpeername())
 
 
 def any_free_port() -> int:
@@ -432,11 +451,16 @@ def _wait_ready(
     """Supervise until `url` answers 200, a stop is asked for, or `timeout` runs out."""
     import httpx
 
+    where = urllib.parse.urlsplit(url)
+    host, port = (
+        where.hostname or "127.0.0.1",
+        where.port or (443 if where.scheme == "https" else 80),
+    )
     started = time.monotonic()
     while not stopped() and time.monotonic() - started < timeout:
         supervisor.tick()
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
+            if listening(host, port) and httpx.get(url, timeout=1).status_code == 200:
                 log.info("event=ready url=%s after_s=%.1f", url, time.monotonic() - started)
                 return
         except httpx.HTTPError:

@@ -21,6 +21,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from cli.supervisor import listening
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -63,7 +65,9 @@ class Stack:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "/api/v1/health", timeout=2).status_code in (200, 503):
+                if listening("127.0.0.1", self.port) and httpx.get(
+                    self.url + "/api/v1/health", timeout=2
+                ).status_code in (200, 503):
                     return
             except httpx.HTTPError:
                 pass
@@ -77,7 +81,10 @@ class Stack:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                if (
+                    listening("127.0.0.1", port)
+                    and httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+                ):
                     return
             except httpx.HTTPError:
                 pass

@@ -13,6 +13,7 @@ import httpx
 import psutil
 import pytest
 
+from cli.supervisor import listening
 from tests.support import (
     LENET,
     ROOT,
@@ -46,7 +47,10 @@ def up(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
+            if (
+                listening("127.0.0.1", port)
+                and httpx.get(url + "/api/v1/health", timeout=2).status_code == 200
+            ):
                 break
         except httpx.HTTPError:
             pass

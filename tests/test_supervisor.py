@@ -27,8 +27,10 @@ from cli.supervisor import (
     Backoff,
     ChildSpec,
     Supervisor,
+    listening,
     machine_memory_mb,
     memory_limit_mb,
+    port_free,
     spawn,
     up_specs,
 )
@@ -164,6 +166,25 @@ def test_a_child_whose_port_is_taken_waits_with_backoff_until_it_is_free(tmp_pat
     finally:
         sup.stop()
     assert child.proc is not None
+
+
+def test_probing_a_port_before_its_server_listens_never_takes_the_port() -> None:
+    """CI saw the model service's port "in use" for a minute: a readiness poll had been handed
+    that port as its own and connected to itself. The probe must not hold it, even then."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1] + 1  # even: the ports connect() hands out
+    # connect() walks its ports for one destination, so this many tries meets the port itself
+    attempts = 0
+    while attempts < 40_000 and port_free("127.0.0.1", port):
+        assert not listening("127.0.0.1", port)
+        attempts += 1
+    assert port_free("127.0.0.1", port), f"the port was taken after {attempts} probes"
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        assert listening("127.0.0.1", port)
 
 
 def test_the_state_file_is_replaced_atomically_and_health_reads_it(tmp_path: Path) -> None:
@@ -537,9 +558,14 @@ def test_killed_children_come_back_while_the_api_keeps_answering(up: Up, tmp_pat
     model_server = _until("the model service", lambda: up.child(_is_model_server), up)
     model_url = model_server.environ()["DIGITS_MODEL_SERVER_URL"]
 
+    model_port = int(model_url.rsplit(":", 1)[1])
+
     def model_ready() -> bool:
         try:
-            return httpx.get(model_url + "/health", timeout=2).status_code == 200
+            return (
+                listening("127.0.0.1", model_port)
+                and httpx.get(model_url + "/health", timeout=2).status_code == 200
+            )
         except httpx.HTTPError:
             return False
 
