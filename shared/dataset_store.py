@@ -7,6 +7,11 @@ Layout of a dataset folder, for each split ``s`` in train/val/test that has imag
   ``s_images.bin`` + ``s_offsets.npy``: concatenated PNG/JPEG bytes and int64 N+1 offsets
   (encoding "png" or "jpg").
 
+Detection splits add ``s_boxes.npy`` (float32 M x 4, x0 y0 x1 y1 in stored pixels),
+``s_box_labels.npy`` (int64 M) and ``s_box_offsets.npy`` (int64 N+1: image i's boxes are rows
+offsets[i]:offsets[i+1]); segmentation splits add ``s_masks.npy`` (uint8 N x H x W class
+indices, 255 = ignore). Their ``s_labels.npy`` holds -1: no image-level class.
+
 Plus ``mean.npy`` (float32 H x W x C mean of the train split), ``mean.png``, ``labels.txt``
 (one class name per line) and ``meta.json``.
 """
@@ -51,6 +56,16 @@ def encoded_images_path(dataset_dir: Path, split: str) -> Path:
 def offsets_path(dataset_dir: Path, split: str) -> Path:
     """Path of a split's encoded-image offsets array."""
     return Path(dataset_dir) / f"{split}_offsets.npy"
+
+
+def boxes_path(dataset_dir: Path, split: str) -> Path:
+    """Path of a detection split's boxes (float32 M x 4)."""
+    return Path(dataset_dir) / f"{split}_boxes.npy"
+
+
+def masks_path(dataset_dir: Path, split: str) -> Path:
+    """Path of a segmentation split's masks (uint8 N x H x W)."""
+    return Path(dataset_dir) / f"{split}_masks.npy"
 
 
 def read_meta(dataset_dir: Path) -> dict[str, Any]:
@@ -159,6 +174,51 @@ class SplitReader:
         self.shape: tuple[int, int, int] = (height, width, channels)
         if self._raw is not None and len(self._raw) != len(self.labels):
             raise ValueError(f"{split}: images and labels disagree in length")
+        # detection: boxes of image i are rows box_offsets[i]:box_offsets[i+1]
+        self._boxes: np.ndarray | None = None
+        self._box_labels: np.ndarray | None = None
+        self._box_offsets: np.ndarray | None = None
+        if boxes_path(dataset_dir, split).is_file():
+            self._boxes = np.load(boxes_path(dataset_dir, split), mmap_mode="r")
+            self._box_labels = np.load(dataset_dir / f"{split}_box_labels.npy", mmap_mode="r")
+            self._box_offsets = np.load(dataset_dir / f"{split}_box_offsets.npy")
+            if len(self._box_offsets) != len(self.labels) + 1:
+                raise ValueError(f"{split}: box offsets and images disagree in length")
+        self._masks: np.ndarray | None = None
+        if masks_path(dataset_dir, split).is_file():
+            self._masks = np.load(masks_path(dataset_dir, split), mmap_mode="r")
+            if len(self._masks) != len(self.labels):
+                raise ValueError(f"{split}: masks and images disagree in length")
+
+    @property
+    def has_boxes(self) -> bool:
+        """True for a detection split."""
+        return self._boxes is not None
+
+    @property
+    def has_masks(self) -> bool:
+        """True for a segmentation split."""
+        return self._masks is not None
+
+    def boxes(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image i's boxes (float32 K x 4, x0 y0 x1 y1 in stored pixels) and class ids."""
+        if self._boxes is None or self._box_labels is None or self._box_offsets is None:
+            raise ValueError("this split has no boxes")
+        start, end = int(self._box_offsets[i]), int(self._box_offsets[i + 1])
+        return np.array(self._boxes[start:end]), np.array(self._box_labels[start:end])
+
+    def images_with_box_class(self, label: int) -> np.ndarray:
+        """Indices of the images that have a box of class label."""
+        if self._box_labels is None or self._box_offsets is None:
+            raise ValueError("this split has no boxes")
+        rows = np.nonzero(np.asarray(self._box_labels) == label)[0]
+        return np.unique(np.searchsorted(self._box_offsets, rows, side="right") - 1)
+
+    def mask(self, i: int) -> np.ndarray:
+        """Image i's class-index mask (uint8 H x W, 255 = ignore)."""
+        if self._masks is None:
+            raise ValueError("this split has no masks")
+        return np.array(self._masks[i])
 
     def __len__(self) -> int:
         """Number of images in the split."""

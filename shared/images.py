@@ -307,6 +307,66 @@ def resize(
     return np.concatenate((noise, arr, noise), axis=1)
 
 
+def geometry(
+    w: int, h: int, width: int, height: int, mode: str
+) -> tuple[float, float, float, float]:
+    """Where ``resize`` puts a point of a w x h image: (sx, sy, dx, dy), x' = x*sx + dx.
+
+    The same arithmetic as ``resize`` (rounding and odd-padding rules included), so boxes and
+    masks land on the pixels their image did; a negative offset is what crop cuts off, a
+    positive one the noise that fill pads with.
+    """
+    if mode not in RESIZE_MODES:
+        raise ImageError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, not {mode!r}")
+    if (h, w) == (height, width):
+        return 1.0, 1.0, 0.0, 0.0
+    width_ratio = float(w) / width
+    height_ratio = float(h) / height
+    if mode == "squash" or width_ratio == height_ratio:
+        return width / w, height / h, 0.0, 0.0
+    wide = width_ratio > height_ratio
+    if mode == "crop":
+        if wide:
+            resize_width = round(w / height_ratio)
+            return resize_width / w, height / h, -float(round((resize_width - width) / 2.0)), 0.0
+        resize_height = round(h / width_ratio)
+        return width / w, resize_height / h, 0.0, -float(round((resize_height - height) / 2.0))
+    if mode == "fill":
+        if wide:
+            resize_height = max(1, round(h / width_ratio))
+            resize_height += (height - resize_height) % 2
+            return width / w, resize_height / h, 0.0, float((height - resize_height) // 2)
+        resize_width = max(1, round(w / height_ratio))
+        resize_width += (width - resize_width) % 2
+        return resize_width / w, height / h, float((width - resize_width) // 2), 0.0
+    new_ratio = (width_ratio + height_ratio) / 2.0  # half_crop
+    resize_width = max(1, round(w / new_ratio))
+    resize_height = max(1, round(h / new_ratio))
+    if wide:
+        resize_height += (height - resize_height) % 2
+        start = float(round((resize_width - width) / 2.0))
+        return resize_width / w, resize_height / h, -start, float((height - resize_height) // 2)
+    resize_width += (width - resize_width) % 2
+    start = float(round((resize_height - height) / 2.0))
+    return resize_width / w, resize_height / h, float((width - resize_width) // 2), -start
+
+
+def resize_mask(
+    mask: np.ndarray, width: int, height: int, mode: str, fill: int = 255
+) -> np.ndarray:
+    """A class-index mask (uint8 H x W) resized like its image: nearest neighbour, so no
+    class is blended into another; what fill or half_crop pads with noise is ``fill``."""
+    h, w = mask.shape
+    sx, sy, dx, dy = geometry(w, h, width, height, mode)
+    cols = np.floor((np.arange(width) + 0.5 - dx) / sx).astype(np.int64)
+    rows = np.floor((np.arange(height) + 0.5 - dy) / sy).astype(np.int64)
+    good_cols = (cols >= 0) & (cols < w)
+    good_rows = (rows >= 0) & (rows < h)
+    out = np.full((height, width), fill, dtype=np.uint8)
+    out[np.ix_(good_rows, good_cols)] = mask[np.ix_(rows[good_rows], cols[good_cols])]
+    return out
+
+
 def prepare(
     img: Image.Image,
     width: int,

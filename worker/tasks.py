@@ -56,6 +56,8 @@ def _import(running: lifecycle.Running) -> lifecycle.Outcome:
         "skipped": result.skipped,
         "skipped_samples": result.skipped_samples,
         "dropped_classes": result.dropped_classes,
+        "split_images": result.split_images,
+        "annotation_format": result.annotation_format,
         "size_bytes": result.size_bytes,
         "import_seconds": round(result.seconds, 3),
         "images_per_second": round(result.images_per_second, 1),

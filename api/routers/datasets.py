@@ -5,19 +5,28 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import Field
 
 from api.deps import CurrentUser, SessionDep, SettingsDep, get_current_user
-from shared import archives, artifacts, dataset_store, storage
+from shared import archives, artifacts, dataset_store, overlays, storage
 from shared.errors import Forbidden, InvalidInput, NotFound
 from shared.models import Status, User
 from shared.schemas.common import PROBLEM_RESPONSES, Page, Problem
-from shared.schemas.datasets import DatasetOptions, DatasetRead, SamplePage, SampleRead, Split
+from shared.schemas.datasets import (
+    DatasetOptions,
+    DatasetRead,
+    SampleBox,
+    SamplePage,
+    SampleRead,
+    Split,
+)
 from shared.schemas.work import (
     ArchiveInput,
     FolderSource,
@@ -214,6 +223,12 @@ def _collect_sources(
     """Validate which sources were given, save uploads, and describe them for the worker."""
     if form.train_list is None:
         return _folder_source(upload, settings, opts, form)
+    if opts.task != "classification":
+        raise InvalidInput(
+            f"a {opts.task} dataset comes as an archive or a server folder of images with "
+            "their annotations, not as list files",
+            code="invalid_source",
+        )
     return _textfile_source(upload, settings, opts, form)
 
 
@@ -412,7 +427,15 @@ def list_samples(
     folder = _local_folder(settings, dataset.id)
     reader = _reader(folder, split)
     labels = reader.labels
-    indices = range(len(labels)) if label is None else (labels == label).nonzero()[0]
+    indices: Sequence[int] | np.ndarray
+    if label is None:
+        indices = range(len(labels))
+    elif reader.has_boxes:  # the images with a box of that class
+        indices = reader.images_with_box_class(label)
+    elif reader.has_masks:
+        indices = _images_with_pixels(reader, label)
+    else:
+        indices = (labels == label).nonzero()[0]
     total = len(indices)
     start = (page - 1) * per_page
     chosen = [int(i) for i in indices[start : start + per_page]]
@@ -421,18 +444,55 @@ def list_samples(
             "get_dataset_sample_image", dataset_id=str(dataset.id), split=split, index="0"
         )
     )[:-1]
-    items = [
-        SampleRead(
-            index=i,
-            label=int(labels[i]),
-            class_name=classes[int(labels[i])],
-            image_url=f"{base}{i}",
-        )
-        for i in chosen
-    ]
+    items = [_sample(reader, i, classes, f"{base}{i}") for i in chosen]
     return SamplePage(
         split=split, label=label, items=items, total=total, page=page, per_page=per_page
     )
+
+
+def _sample(reader: dataset_store.SplitReader, i: int, classes: list[str], url: str) -> SampleRead:
+    if reader.has_boxes:
+        boxes, box_labels = reader.boxes(i)
+        found = [
+            SampleBox(
+                label=int(k),
+                class_name=classes[int(k)],
+                box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+            )
+            for b, k in zip(boxes, box_labels, strict=True)
+        ]
+        return SampleRead(
+            index=i,
+            label=-1,
+            class_name="",
+            image_url=url,
+            annotated_url=f"{url}/annotated",
+            boxes=found,
+        )
+    if reader.has_masks:
+        return SampleRead(
+            index=i, label=-1, class_name="", image_url=url, annotated_url=f"{url}/annotated"
+        )
+    label = int(reader.labels[i])
+    return SampleRead(index=i, label=label, class_name=classes[label], image_url=url)
+
+
+def _images_with_pixels(reader: dataset_store.SplitReader, label: int) -> np.ndarray:
+    """Indices of the segmentation images that have a pixel of class label (256 at a time)."""
+    found = []
+    for start in range(0, len(reader), 256):
+        block = np.stack([reader.mask(i) for i in range(start, min(len(reader), start + 256))])
+        found.append(start + np.nonzero((block == label).any(axis=(1, 2)))[0])
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+def _sample_reader(folder: Path, split: str, index: int) -> dataset_store.SplitReader:
+    reader = _reader(folder, split)
+    if not 0 <= index < len(reader):
+        raise NotFound(
+            f"{split} has {len(reader)} images; {index} is out of range", code="sample_not_found"
+        )
+    return reader
 
 
 def _reader(folder: Path, split: str) -> dataset_store.SplitReader:
@@ -459,9 +519,42 @@ def get_sample_image(
 ) -> Response:
     """The stored (resized) image, exactly as training sees it, as PNG."""
     folder = _done_dir(session, settings, dataset_id, user)
-    reader = _reader(folder, split)
-    if not 0 <= index < len(reader):
-        raise NotFound(
-            f"{split} has {len(reader)} images; {index} is out of range", code="sample_not_found"
-        )
+    reader = _sample_reader(folder, split, index)
     return Response(dataset_store.to_png_bytes(reader.image(index)), media_type="image/png")
+
+
+@router.get(
+    "/{dataset_id}/samples/{split}/{index}/annotated",
+    operation_id="get_dataset_sample_annotated",
+    summary="One stored image with its boxes or mask drawn, as PNG",
+    response_class=Response,
+    responses={**PNG, 400: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}},
+)
+def get_sample_annotated(
+    dataset_id: uuid.UUID,
+    split: Split,
+    index: int,
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    scale: Annotated[
+        int, Query(ge=1, le=overlays.MAX_SCALE, description="Enlarge small images (nearest)")
+    ] = 1,
+) -> Response:
+    """Explore a detection or segmentation dataset: boxes outlined and named, or the mask
+    blended over the image (class 0 clear, 255 ignored), at the stored size times scale."""
+    dataset = datasets_service.get_ready_dataset(session, dataset_id, user)
+    if dataset.task == "classification":
+        raise InvalidInput(
+            "a classification dataset has no boxes or masks to draw", code="unsupported_task"
+        )
+    folder = _done_dir(session, settings, dataset_id, user)
+    reader = _sample_reader(folder, split, index)
+    image = reader.image(index)
+    if reader.has_boxes:
+        boxes, labels = reader.boxes(index)
+        png = overlays.boxes_png(image, boxes, labels, dataset.classes or [], scale)
+    else:
+        colors = dataset_store.read_meta(folder).get("colors")
+        png = overlays.mask_png(image, reader.mask(index), colors, scale)
+    return Response(png, media_type="image/png")

@@ -13,7 +13,8 @@ from shared.models.lifecycle import QueuedWork
 
 
 class Dataset(QueuedWork, Base):
-    """An image classification dataset; its import runs as queued work with DIGITS's states."""
+    """An image dataset (classification, detection or segmentation); its import runs as
+    queued work with DIGITS's states."""
 
     __tablename__ = "dataset"
 
@@ -25,6 +26,11 @@ class Dataset(QueuedWork, Base):
     )
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     source: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    task: Mapped[str] = mapped_column(
+        String(16), default="classification", server_default="classification"
+    )
+    annotation_format: Mapped[str | None] = mapped_column(String(8), default=None)
+    split_images: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
     classes: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     counts: Mapped[dict[str, list[int]] | None] = mapped_column(JSON, default=None)
     image_width: Mapped[int] = mapped_column(Integer)

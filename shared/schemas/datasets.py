@@ -20,6 +20,21 @@ class DatasetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200, examples=["digits-28"])
+    task: Literal["classification", "detection", "segmentation"] = Field(
+        default="classification",
+        description="classification: class folders or list files; detection: images with "
+        "COCO, Pascal VOC, KITTI or YOLO boxes; segmentation: images/ and masks/ pairs",
+    )
+    annotation_format: Literal["auto", "coco", "voc", "kitti", "yolo"] = Field(
+        default="auto",
+        description="Detection only: the boxes' format; auto tells it from the files",
+    )
+    class_names: str | None = Field(
+        default=None,
+        max_length=20_000,
+        description="Detection and segmentation: the classes to keep, comma-separated, in "
+        "class-id order (boxes of other classes are skipped and listed); default: the files' own",
+    )
     group: str | None = Field(default=None, max_length=200)
     image_width: int = Field(default=256, ge=1, le=4096, description="Resize width in pixels")
     image_height: int = Field(default=256, ge=1, le=4096, description="Resize height in pixels")
@@ -55,8 +70,26 @@ class DatasetOptions(BaseModel):
             raise ValueError("channels must be 1 (grayscale) or 3 (RGB)")
         return value
 
+    @field_validator("class_names")
+    @classmethod
+    def _check_class_names(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        names = [n.strip() for n in value.split(",")]
+        if not all(names) or len(set(names)) != len(names):
+            raise ValueError("class_names: comma-separated names, none empty, none twice")
+        if len(names) > 1000:
+            raise ValueError("class_names: at most 1000 classes")
+        return ",".join(names)
+
     @model_validator(mode="after")
     def _check_split(self) -> DatasetOptions:
+        if self.task == "classification" and (
+            self.annotation_format != "auto" or self.class_names is not None
+        ):
+            raise ValueError("annotation_format and class_names are for detection and segmentation")
+        if self.task == "segmentation" and self.annotation_format != "auto":
+            raise ValueError("annotation_format is for detection (masks have one format)")
         if self.val_pct + self.test_pct >= 100:
             raise ValueError("val_pct + test_pct must be below 100 so training keeps images")
         if self.max_per_class is not None and self.max_per_class < self.min_per_class:
@@ -68,7 +101,10 @@ class SplitSummary(BaseModel):
     """Images per class of one split."""
 
     images: int
-    per_class: dict[str, int]
+    per_class: dict[str, int] = Field(
+        description="Per class: images (classification), boxes (detection) or pixels "
+        "(segmentation); see the dataset's count_unit"
+    )
 
 
 class SkippedFile(BaseModel):
@@ -86,6 +122,13 @@ class DatasetRead(BaseModel):
     id: uuid.UUID
     name: str
     group: str | None
+    task: Literal["classification", "detection", "segmentation"] = "classification"
+    annotation_format: str | None = Field(
+        default=None, description="Detection: the format the boxes were read from"
+    )
+    count_unit: Literal["images", "boxes", "pixels"] = Field(
+        default="images", description="What splits' per_class counts"
+    )
     status: str = Field(examples=["done"])
     status_history: list[StatusEntry]
     error: str | None = Field(description="Why the import failed, for a person")
@@ -114,13 +157,27 @@ class DatasetRead(BaseModel):
     finished_at: datetime | None
 
 
+class SampleBox(BaseModel):
+    """One box of a stored detection image."""
+
+    label: int
+    class_name: str
+    box: tuple[float, float, float, float] = Field(description="x0, y0, x1, y1 in pixels")
+
+
 class SampleRead(BaseModel):
     """One stored image of a split."""
 
     index: int
-    label: int
+    label: int = Field(description="The image's class; -1 for detection and segmentation")
     class_name: str
     image_url: str
+    annotated_url: str | None = Field(
+        default=None, description="Detection and segmentation: the image with its boxes or mask"
+    )
+    boxes: list[SampleBox] | None = Field(
+        default=None, description="Detection: the image's boxes, in stored pixels"
+    )
 
 
 class SamplePage(BaseModel):

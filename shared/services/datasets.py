@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal, cast
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.errors import Conflict, LimitExceeded, NotFound
+from shared.errors import Conflict, InvalidInput, LimitExceeded, NotFound
 from shared.models import Dataset, Job, Status, StatusChange, User
 from shared.schemas.common import StatusEntry
 from shared.schemas.datasets import DatasetOptions, DatasetRead, SkippedFile, SplitSummary
 from shared.services import dispatch, lifecycle
 from shared.settings import Settings
+
+COUNT_UNITS: dict[str, Literal["images", "boxes", "pixels"]] = {
+    "classification": "images",
+    "detection": "boxes",
+    "segmentation": "pixels",
+}
 
 
 def create_dataset(
@@ -29,6 +35,7 @@ def create_dataset(
         owner_id=owner.id,
         name=options.name,
         group_name=options.group,
+        task=options.task,
         options=options.model_dump(mode="json"),
         source=source,
         image_width=options.image_width,
@@ -92,6 +99,18 @@ def get_ready_dataset(session: Session, dataset_id: uuid.UUID, user: User) -> Da
     return dataset
 
 
+def get_classification_dataset(session: Session, dataset_id: uuid.UUID, user: User) -> Dataset:
+    """A ready dataset that classification can train or evaluate on (the others: a 400)."""
+    dataset = get_ready_dataset(session, dataset_id, user)
+    if dataset.task != "classification":
+        raise InvalidInput(
+            f"dataset {dataset_id} is a {dataset.task} dataset; training and evaluating "
+            f"{dataset.task} models is not available yet (its boxes or masks can be explored)",
+            code="unsupported_task",
+        )
+    return dataset
+
+
 def list_datasets(
     session: Session, user: User, *, status: Status | None, page: int, per_page: int
 ) -> tuple[list[Dataset], int]:
@@ -142,9 +161,10 @@ def to_read(dataset: Dataset, history: list[StatusChange]) -> DatasetRead:
     """The API view of a dataset row and its status history."""
     splits: dict[str, SplitSummary] | None = None
     if dataset.counts and dataset.classes:
+        sizes = dataset.split_images or {}
         splits = {
             split: SplitSummary(
-                images=int(sum(counts)),
+                images=int(sizes.get(split, sum(counts))),
                 per_class=dict(zip(dataset.classes, (int(c) for c in counts), strict=False)),
             )
             for split, counts in dataset.counts.items()
@@ -153,6 +173,9 @@ def to_read(dataset: Dataset, history: list[StatusChange]) -> DatasetRead:
         id=dataset.id,
         name=dataset.name,
         group=dataset.group_name,
+        task=cast(Literal["classification", "detection", "segmentation"], dataset.task),
+        annotation_format=dataset.annotation_format,
+        count_unit=COUNT_UNITS.get(dataset.task, "images"),
         status=dataset.status,
         status_history=[StatusEntry(**lifecycle.as_entry(c)) for c in history],
         attempts=dataset.attempts,

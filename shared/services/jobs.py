@@ -163,7 +163,7 @@ def create_training_jobs(
     session: Session, data: JobCreate, user: User, settings: Settings
 ) -> list[Job]:
     """Validate a submission and queue one job per sweep combination (sent after the commit)."""
-    dataset = datasets_service.get_ready_dataset(session, data.dataset_id, user)
+    dataset = datasets_service.get_classification_dataset(session, data.dataset_id, user)
     requested = data.hyperparameters
     if data.recipe == "recommended" and isinstance(data.network, StandardNetwork):
         given = requested.model_dump(mode="json", exclude_unset=True)

@@ -92,7 +92,7 @@ def evaluation_dataset(
     target = dataset_id or job.dataset_id
     if target is None:
         raise InvalidInput("this job has no dataset; give dataset_id", code="no_dataset")
-    dataset = datasets_service.get_ready_dataset(session, target, user)
+    dataset = datasets_service.get_classification_dataset(session, target, user)
     own = session.get(Dataset, job.dataset_id) if job.dataset_id else None
     if not sum((dataset.counts or {}).get(split, [])):
         raise InvalidInput(f"dataset {dataset.id} has no {split} images", code="empty_split")

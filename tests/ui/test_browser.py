@@ -21,6 +21,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from tests import shapes
 from tests.support import (
     Stack,
     digits_arrays,
@@ -145,6 +146,33 @@ def test_upload_the_digits_dataset_through_the_form(
     page.click("[data-testid=gallery] .thumb >> nth=0")
     page.wait_for_selector("[data-testid=lightbox] img")
     page.keyboard.press("Escape")
+
+
+def test_a_detection_dataset_through_the_form_explores_with_its_boxes(
+    ui: UI, ui_stack: Stack, tmp_path: Path
+) -> None:
+    folder = tmp_path / "shapes"
+    shapes.write_yolo(folder, shapes.render(8, 48, 48, seed=4))
+    archive = zip_folder(folder, tmp_path / "shapes.zip")
+    page = ui.page("/datasets/new")
+    page.set_input_files("[data-testid=archive-drop] input[type=file]", str(archive))
+    page.fill("#f-name", "shapes-ui")
+    page.select_option("#f-task", "detection")
+    page.select_option("#f-annotation_format", "yolo")
+    page.fill("#f-image_width", "48")
+    page.fill("#f-image_height", "48")
+    page.click("button[type=submit]")
+    page.wait_for_selector("[data-testid=dataset-page][data-status=done]", timeout=60_000)
+    assert page.inner_text("[data-testid=task]") == "detection · yolo"
+    assert "Boxes per class" in page.inner_text("main")
+    page.click("[data-tab=explore]")
+    page.wait_for_selector("[data-testid=gallery] img")
+    first = page.locator("[data-testid=gallery] img").first
+    assert first.get_attribute("src").endswith("/annotated")
+    assert (
+        page.evaluate("(i) => i.decode().then(() => i.naturalWidth)", first.element_handle()) == 48
+    )
+    assert "box" in page.locator("[data-testid=gallery] .cap").first.inner_text()
 
 
 def test_queue_lenet_from_the_form_with_the_lr_preview(ui: UI, ui_stack: Stack) -> None:

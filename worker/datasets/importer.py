@@ -101,6 +101,10 @@ class ImportResult:
     seconds: float
     images_per_second: float
     size_bytes: int
+    # detection and segmentation: images per split (counts are boxes or pixels per class)
+    split_images: dict[str, int] | None = None
+    task: str = "classification"
+    annotation_format: str | None = None
 
 
 # ----------------------------------------------------------------------------- listing
@@ -752,12 +756,10 @@ def import_dataset(
         encoding,
         skips.count,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    partial = out_dir / PARTIAL_DIR
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    try:
-        result = _import_into(
+    return in_partial(
+        out_dir,
+        t0,
+        lambda partial: _import_into(
             splits,
             classes,
             dropped,
@@ -768,14 +770,26 @@ def import_dataset(
             out_dir,
             progress,
             should_abort,
-        )
+        ),
+    )
+
+
+def in_partial(out_dir: Path, t0: float, build: Callable[[Path], ImportResult]) -> ImportResult:
+    """Run build in a fresh out_dir/.partial (removed on any failure) and time its result."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / PARTIAL_DIR
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        result = build(partial)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     result.seconds = time.perf_counter() - t0
     result.images_per_second = result.num_images / result.seconds if result.seconds > 0 else 0.0
     log.info(
-        "imported %d images in %.1f s (%.0f images/s), %d skipped, %d bytes",
+        "imported %s: %d images in %.1f s (%.0f images/s), %d skipped, %d bytes",
+        result.task,
         result.num_images,
         result.seconds,
         result.images_per_second,

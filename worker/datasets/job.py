@@ -14,6 +14,7 @@ from shared import archives, artifacts, storage
 from shared.schemas.datasets import DatasetOptions
 from shared.schemas.work import ArchiveInput, FolderSource, PathInput, TextfileSource
 from shared.settings import Settings
+from worker.datasets.annotated import AnnotatedOptions, import_annotated
 from worker.datasets.importer import ImportOptions, ImportResult, Source, import_dataset
 
 log = logging.getLogger("digits.worker.import")
@@ -48,9 +49,26 @@ def run_import(
         train, val, test = _sources(root, work, source, limits)
         opts = import_options(options, settings)
         out = work / "out"
-        result = import_dataset(
-            train, opts, out, val=val, test=test, progress=progress, should_abort=should_abort
-        )
+        if options.task == "classification":
+            result = import_dataset(
+                train, opts, out, val=val, test=test, progress=progress, should_abort=should_abort
+            )
+        else:
+            extra = AnnotatedOptions(
+                task=options.task,
+                format=options.annotation_format,
+                classes=options.class_names.split(",") if options.class_names else None,
+            )
+            result = import_annotated(
+                train,
+                opts,
+                extra,
+                out,
+                val=val,
+                test=test,
+                progress=progress,
+                should_abort=should_abort,
+            )
         if store.local:
             for item in out.iterdir():
                 os.replace(item, root / item.name)

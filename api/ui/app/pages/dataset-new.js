@@ -10,6 +10,13 @@ const DEFAULTS = {
   name: "", group: "", image_width: "256", image_height: "256", channels: "3", resize_mode: "squash",
   val_pct: "25", test_pct: "0", min_per_class: "2", max_per_class: "", encoding: "auto",
   shuffle: true, seed: "", train_path: "", val_path: "", test_path: "", image_root: "",
+  task: "classification", annotation_format: "auto", class_names: "",
+};
+
+const TASK_HELP = {
+  classification: "One folder per class",
+  detection: "Images with boxes: COCO .json, Pascal VOC .xml, KITTI or YOLO .txt",
+  segmentation: "images/ and masks/ with the same names (palette or grey class indices, 255 ignored)",
 };
 
 const RESIZE_HELP = {
@@ -52,6 +59,8 @@ export function NewDatasetPage() {
     const form = new FormData();
     const opts = { ...v };
     if (!opts.name.trim()) { setError({ problem: { title: "Name needed", detail: "give the dataset a name", errors: [{ loc: ["name"], msg: "required" }] } }); return; }
+    if (opts.task === "classification") { delete opts.annotation_format; delete opts.class_names; }
+    if (opts.task === "segmentation") delete opts.annotation_format;
     const keep = method === "upload" ? ["train_path", "val_path", "test_path", "image_root"] : method === "folder" ? ["image_root"] : ["train_path", "val_path", "test_path"];
     for (const [k, val] of Object.entries(opts)) {
       if (keep.includes(k)) continue;
@@ -73,7 +82,7 @@ export function NewDatasetPage() {
 
   return html`<main class="page narrow" data-testid="dataset-new">
     <div class="crumbs"><a href="/">Jobs</a> / Datasets</div>
-    <div class="page-head"><div class="title"><h1>New image classification dataset</h1>
+    <div class="page-head"><div class="title"><h1>New image dataset</h1>
       <div class="sub">Images in one folder per class, as DIGITS imports them: an uploaded archive, folders on the server, or text files of <code>path label</code> lines.</div></div></div>
     <form class="form" onSubmit=${submit} novalidate>
       <div class="card"><div class="card-body form">
@@ -120,6 +129,15 @@ export function NewDatasetPage() {
 
       <div class="card"><div class="card-head"><h2>Images</h2></div><div class="card-body">
         <div class="fields">
+          <${Field} label="Task" name="task" errors=${errors} help=${TASK_HELP[v.task]}>
+            <select id="f-task" value=${v.task} onChange=${set("task")}>
+              ${Object.keys(TASK_HELP).map((m) => html`<option value=${m}>${m}</option>`)}
+            </select><//>
+          ${v.task === "detection" && html`<${Field} label="Box format" name="annotation_format" errors=${errors} help="auto: told from the files">
+            <select id="f-annotation_format" value=${v.annotation_format} onChange=${set("annotation_format")}>
+              ${["auto", "coco", "voc", "kitti", "yolo"].map((m) => html`<option value=${m}>${m}</option>`)}
+            </select><//>`}
+          ${v.task !== "classification" && html`<${Field} label="Classes to keep" name="class_names" errors=${errors} help="Comma-separated; empty: the files' own">${input("class_names", { placeholder: "car, person" })}<//>`}
           <${Field} label="Image width" name="image_width" errors=${errors} help="Pixels (DIGITS: 256)">${input("image_width", { type: "number", min: 1, max: 4096 })}<//>
           <${Field} label="Image height" name="image_height" errors=${errors} help="Pixels (DIGITS: 256)">${input("image_height", { type: "number", min: 1, max: 4096 })}<//>
           <${Field} label="Image type" name="channels" errors=${errors}>

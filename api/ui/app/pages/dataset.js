@@ -28,6 +28,10 @@ function Histogram({ ds }) {
   </div>`;
 }
 
+// a classification sample is named by its class; a detection one by its boxes
+const caption = (it) => it.class_name || (it.boxes ? `${it.boxes.length} box${it.boxes.length === 1 ? "" : "es"}` : "mask");
+const UNITS = { images: "Images", boxes: "Boxes", pixels: "Pixels" };
+
 function Lightbox({ items, index, setIndex }) {
   const item = items[index];
   useEffect(() => {
@@ -42,8 +46,8 @@ function Lightbox({ items, index, setIndex }) {
   if (!item) return null;
   return html`<div class="overlay" onClick=${(e) => { if (e.target === e.currentTarget) setIndex(null); }} data-testid="lightbox">
     <div class="lightbox">
-      <img src=${item.image_url} alt=${item.class_name} />
-      <div><b>${item.class_name}</b> · #${item.index}</div>
+      <img src=${item.annotated_url ? `${item.annotated_url}?scale=4` : item.image_url} alt=${caption(item)} />
+      <div><b>${caption(item)}</b> · #${item.index}</div>
       <div class="row">
         <button onClick=${() => setIndex(Math.max(0, index - 1))} disabled=${index === 0}>← Previous</button>
         <button onClick=${() => setIndex(null)}>Close</button>
@@ -80,8 +84,8 @@ function Explore({ ds }) {
       <${Problem} error=${error} />
       ${data && html`<div class="gallery" data-testid="gallery">
         ${data.items.map((it, i) => html`<button class="thumb" key=${`${split}-${it.index}`} onClick=${() => setOpen(i)} data-class=${it.class_name}>
-          <img loading="lazy" decoding="async" src=${it.image_url} alt=${it.class_name} width="96" height="96" />
-          <span class="cap">${it.class_name} · #${it.index}</span>
+          <img loading="lazy" decoding="async" src=${it.annotated_url || it.image_url} alt=${caption(it)} width="96" height="96" />
+          <span class="cap">${caption(it)} · #${it.index}</span>
         </button>`)}
       </div>`}
       ${data && data.items.length === 0 && html`<${Empty} title="No images here" />`}
@@ -128,10 +132,10 @@ export function DatasetPage({ id }) {
     <div class="page-head">
       <div class="title">
         <h1>${ds.name}</h1>
-        <div class="sub"><${Status} status=${ds.status} /> <span class="mono">${ds.id}</span> ${ds.group && html`<span class="tag">${ds.group}</span>`} <span>created ${fmtAgo(ds.created_at)}</span></div>
+        <div class="sub"><${Status} status=${ds.status} /> <span class="mono">${ds.id}</span> ${ds.group && html`<span class="tag">${ds.group}</span>`} ${ds.task !== "classification" && html`<span class="tag" data-testid="task">${ds.task}${ds.annotation_format ? ` · ${ds.annotation_format}` : ""}</span>`} <span>created ${fmtAgo(ds.created_at)}</span></div>
       </div>
       <div class="actions">
-        ${done && html`<a class="btn primary" href=${`/jobs/new?dataset=${ds.id}`}>Train a model on it</a>`}
+        ${done && ds.task === "classification" && html`<a class="btn primary" href=${`/jobs/new?dataset=${ds.id}`}>Train a model on it</a>`}
         <button class="danger" onClick=${remove}>Delete</button>
       </div>
     </div>
@@ -153,7 +157,7 @@ export function DatasetPage({ id }) {
           <div class="card stat"><div class="label">Image size</div><div class="value">${ds.image_width}×${ds.image_height}</div><div class="hint">${ds.image_channels === 1 ? "grayscale" : "RGB"} · ${ds.resize_mode}</div></div>
           <div class="card stat"><div class="label">On disk</div><div class="value">${fmtBytes(ds.size_bytes)}</div><div class="hint">${ds.encoding || ""}</div></div>
         </div>
-        ${done && html`<div class="card"><div class="card-head"><h2>Images per class</h2></div><div class="card-body"><${Histogram} ds=${ds} /></div></div>`}
+        ${done && html`<div class="card"><div class="card-head"><h2>${UNITS[ds.count_unit] || "Images"} per class</h2></div><div class="card-body"><${Histogram} ds=${ds} /></div></div>`}
         ${ds.skipped_samples.length > 0 && html`<div class="card"><div class="card-head"><h2>Skipped files</h2><span class="faint small">${ds.skipped}</span></div>
           <div class="table-wrap" style=${{ maxHeight: "320px" }}><table class="t"><thead><tr><th>File</th><th>Why</th></tr></thead>
           <tbody>${ds.skipped_samples.map((s) => html`<tr><td class="mono">${s.path}</td><td>${s.reason}</td></tr>`)}</tbody></table></div></div>`}
