@@ -328,7 +328,7 @@ def main() -> None:
     )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output folder")
     args = parser.parse_args()
-    seconds = 2 if args.quick else args.seconds
+    seconds = 1 if args.quick else args.seconds
     pair_count = 1 if args.quick else args.repeats
     use_wrk = ensure_wrk()
     results: dict[str, dict[str, Any]] = {}

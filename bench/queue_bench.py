@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    jobs = 10 if args.quick else args.jobs
+    jobs = 5 if args.quick else args.jobs
     baseline = redis_round_trips(50 if args.quick else 500)
     latencies = []
     with BenchStack() as bench:

@@ -83,7 +83,7 @@ export function NewDatasetPage() {
   return html`<main class="page narrow" data-testid="dataset-new">
     <div class="crumbs"><a href="/">Jobs</a> / Datasets</div>
     <div class="page-head"><div class="title"><h1>New image dataset</h1>
-      <div class="sub">Images in one folder per class, as DIGITS imports them: an uploaded archive, folders on the server, or text files of <code>path label</code> lines.</div></div></div>
+      <div class="sub">Images in one folder per class, as DIGITS imports them: an uploaded archive, folders on the server, or text files of <code>path label</code> lines. Or, for detection and segmentation, images with their boxes or masks.</div></div></div>
     <form class="form" onSubmit=${submit} novalidate>
       <div class="card"><div class="card-body form">
         <div class="tabs" role="tablist">
@@ -93,7 +93,7 @@ export function NewDatasetPage() {
         ${method === "upload" && html`<div class="stack">
           <${Field} label="Training images" name="archive" errors=${errors}>
             <${FilePick} file=${files.archive} onFile=${setFile("archive")} accept=".zip,.tar,.tgz,.gz,.tar.gz" testid="archive-drop"
-              label=${html`<b>Drop a .zip or .tar.gz</b> of class folders here, or click to choose`} />
+              label=${html`<b>Drop a .zip or .tar.gz</b> of ${v.task === "classification" ? "class folders" : "images and annotations"} here, or click to choose`} />
           <//>
           <div class="grid cols-2">
             <${Field} label="Separate validation images (optional)" name="val_archive" errors=${errors}>
