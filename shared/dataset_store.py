@@ -10,7 +10,8 @@ Layout of a dataset folder, for each split ``s`` in train/val/test that has imag
 Detection splits add ``s_boxes.npy`` (float32 M x 4, x0 y0 x1 y1 in stored pixels),
 ``s_box_labels.npy`` (int64 M) and ``s_box_offsets.npy`` (int64 N+1: image i's boxes are rows
 offsets[i]:offsets[i+1]); segmentation splits add ``s_masks.npy`` (uint8 N x H x W class
-indices, 255 = ignore). Their ``s_labels.npy`` holds -1: no image-level class.
+indices, 255 = ignore) and ``s_mask_classes.npy`` (bool N x 255: the classes in each mask).
+Their ``s_labels.npy`` holds -1: no image-level class.
 
 Plus ``mean.npy`` (float32 H x W x C mean of the train split), ``mean.png``, ``labels.txt``
 (one class name per line) and ``meta.json``.
@@ -66,6 +67,11 @@ def boxes_path(dataset_dir: Path, split: str) -> Path:
 def masks_path(dataset_dir: Path, split: str) -> Path:
     """Path of a segmentation split's masks (uint8 N x H x W)."""
     return Path(dataset_dir) / f"{split}_masks.npy"
+
+
+def mask_classes_path(dataset_dir: Path, split: str) -> Path:
+    """Path of a segmentation split's bool N x 255 table: which classes each mask holds."""
+    return Path(dataset_dir) / f"{split}_mask_classes.npy"
 
 
 def read_meta(dataset_dir: Path) -> dict[str, Any]:
@@ -213,6 +219,13 @@ class SplitReader:
             raise ValueError("this split has no boxes")
         rows = np.nonzero(np.asarray(self._box_labels) == label)[0]
         return np.unique(np.searchsorted(self._box_offsets, rows, side="right") - 1)
+
+    def images_with_mask_class(self, label: int) -> np.ndarray:
+        """Indices of the segmentation images that have a pixel of class label."""
+        table = np.load(mask_classes_path(self.dataset_dir, self.split), mmap_mode="r")
+        if not 0 <= label < table.shape[1]:
+            return np.zeros(0, dtype=np.int64)
+        return np.nonzero(np.asarray(table[:, label]))[0]
 
     def mask(self, i: int) -> np.ndarray:
         """Image i's class-index mask (uint8 H x W, 255 = ignore)."""

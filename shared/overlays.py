@@ -32,6 +32,7 @@ PALETTE = (
     (128, 128, 128),
 )
 MAX_SCALE = 8
+MAX_SIDE = 4096  # a drawing's side (stored side x scale), so one request stays ~50 MB
 
 
 def _rgb(arr: np.ndarray, scale: int) -> Image.Image:
@@ -83,19 +84,19 @@ def mask_png(
     """An image with its class-index mask blended over it (255, ignored, left as is), as PNG.
 
     Class 0 is taken for background and left clear; the others take the dataset's colours."""
-    base = np.asarray(_rgb(arr, 1), dtype=np.float32)
-    table = np.zeros((256, 3), dtype=np.float32)
-    weight = np.zeros(256, dtype=np.float32)
+    base = np.asarray(_rgb(arr, 1), dtype=np.uint16)
+    table = np.zeros((256, 3), dtype=np.uint16)
+    weight = np.zeros(256, dtype=np.uint16)  # out of 256, so the blend stays in 16 bits
     for i in range(1, 255):
-        if colors is not None and i < len(colors):
-            table[i] = colors[i]
-            weight[i] = alpha
-        else:
-            table[i] = PALETTE[(i - 1) % len(PALETTE)]
-            weight[i] = alpha
+        table[i] = (
+            colors[i]
+            if colors is not None and i < len(colors)
+            else (PALETTE[(i - 1) % len(PALETTE)])
+        )
+        weight[i] = round(alpha * 256)
     w = weight[mask][..., None]
-    out = base * (1 - w) + table[mask] * w
-    img = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
+    out = (base * (256 - w) + table[mask] * w) >> 8
+    img = Image.fromarray(out.astype(np.uint8), "RGB")
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     return _png(img)

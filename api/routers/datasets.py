@@ -433,7 +433,7 @@ def list_samples(
     elif reader.has_boxes:  # the images with a box of that class
         indices = reader.images_with_box_class(label)
     elif reader.has_masks:
-        indices = _images_with_pixels(reader, label)
+        indices = reader.images_with_mask_class(label)
     else:
         indices = (labels == label).nonzero()[0]
     total = len(indices)
@@ -475,15 +475,6 @@ def _sample(reader: dataset_store.SplitReader, i: int, classes: list[str], url: 
         )
     label = int(reader.labels[i])
     return SampleRead(index=i, label=label, class_name=classes[label], image_url=url)
-
-
-def _images_with_pixels(reader: dataset_store.SplitReader, label: int) -> np.ndarray:
-    """Indices of the segmentation images that have a pixel of class label (256 at a time)."""
-    found = []
-    for start in range(0, len(reader), 256):
-        block = np.stack([reader.mask(i) for i in range(start, min(len(reader), start + 256))])
-        found.append(start + np.nonzero((block == label).any(axis=(1, 2)))[0])
-    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
 def _sample_reader(folder: Path, split: str, index: int) -> dataset_store.SplitReader:
@@ -550,6 +541,13 @@ def get_sample_annotated(
         )
     folder = _done_dir(session, settings, dataset_id, user)
     reader = _sample_reader(folder, split, index)
+    height, width = reader.shape[:2]
+    if max(height, width) * scale > overlays.MAX_SIDE:
+        raise InvalidInput(
+            f"scale {scale} would draw a {width * scale}x{height * scale} image; at most "
+            f"{overlays.MAX_SIDE} pixels a side",
+            code="scale_too_large",
+        )
     image = reader.image(index)
     if reader.has_boxes:
         boxes, labels = reader.boxes(index)

@@ -78,6 +78,8 @@ class DatasetOptions(BaseModel):
         names = [n.strip() for n in value.split(",")]
         if not all(names) or len(set(names)) != len(names):
             raise ValueError("class_names: comma-separated names, none empty, none twice")
+        if any(len(n) > 200 or any(ord(c) < 32 for c in n) for n in names):
+            raise ValueError("class_names: names of at most 200 characters, no control characters")
         if len(names) > 1000:
             raise ValueError("class_names: at most 1000 classes")
         return ",".join(names)

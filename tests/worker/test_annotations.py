@@ -231,3 +231,65 @@ def test_segmentation_masks_are_resized_by_nearest_and_bad_pairs_listed(tmp_path
     expected = images.resize_mask(kept[0].mask, 64, 64, "fill")
     assert (masks[0] == expected).all()
     assert sum(result.counts["train"]) == int((masks != 255).sum())
+
+
+def test_odd_coco_ids_odd_xml_encodings_and_twin_files_are_skips_not_crashes(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "coco"
+    shapes.write_coco(folder, SAMPLES[:3])
+    doc = json.loads((folder / "annotations.json").read_text())
+    doc["annotations"][0]["category_id"] = [1]  # unhashable: dict.get would raise TypeError
+    doc["annotations"][1]["image_id"] = {"id": 0}
+    doc["annotations"].append({"id": 99, "image_id": 12345, "category_id": 1, "bbox": [1, 1, 5, 5]})
+    (folder / "annotations.json").write_text(json.dumps(doc))
+    reasons = _reasons(_import(folder, tmp_path / "coco-out", val_pct=0.0))
+    assert reasons["images/img0000.png (annotation 0)"] == "unknown category id [1]"
+    assert reasons["annotation 1"] == "image_id {'id': 0} is not an image of the file"
+    assert reasons["annotation 99"] == "image_id 12345 is not an image of the file"
+    doc["images"][0]["id"] = True  # a bool is no id
+    (folder / "annotations.json").write_text(json.dumps(doc))
+    with pytest.raises(DatasetImportError, match="every image needs an integer id"):
+        _import(folder, tmp_path / "coco-bool")
+
+    voc = tmp_path / "voc"
+    shapes.write_voc(voc, SAMPLES[:3])
+    (voc / "Annotations" / "img0000.xml").write_text(
+        '<?xml version="1.0" encoding="x-no-such-codec"?><annotation/>'
+    )
+    SAMPLES[1].image.save(voc / "JPEGImages" / "img0001.bmp")  # a twin of img0001.png
+    reasons = _reasons(_import(voc, tmp_path / "voc-out", val_pct=0.0))
+    assert reasons["Annotations/img0000.xml"].startswith("not valid XML")
+    assert reasons["JPEGImages/img0001.png"].startswith("another file is also img0001")
+
+
+def test_colour_masks_map_through_colors_txt_and_a_test_folder_still_carves_val(
+    tmp_path: Path,
+) -> None:
+    colours = [(0, 0, 0), (250, 0, 0), (0, 250, 0), (0, 0, 250)]
+    folder = tmp_path / "seg"
+    shapes.write_masks(folder, SAMPLES[:8])
+    (folder / "colors.txt").write_text("".join(f"{r} {g} {b}\n" for r, g, b in colours))
+    for i, s in enumerate(SAMPLES[:8]):
+        rgb = np.asarray(colours, dtype=np.uint8)[s.mask]
+        Image.fromarray(rgb, "RGB").save(folder / "masks" / f"img{i:04d}.png")
+    test = tmp_path / "seg-test"
+    shapes.write_masks(test, SAMPLES[8:10])
+    (test / "colors.txt").write_text((folder / "colors.txt").read_text())
+    result = import_annotated(
+        Source(kind="folder", root=folder),
+        ImportOptions(width=96, height=80, val_pct=25.0, seed=5),
+        AnnotatedOptions("segmentation"),
+        tmp_path / "out",
+        test=Source(kind="folder", root=test),
+    )
+    assert result.split_images == {"train": 6, "val": 2, "test": 2}
+    masks = np.load(tmp_path / "out" / "train_masks.npy")
+    originals = {s.mask.tobytes() for s in SAMPLES[:8]}
+    assert all(m.tobytes() in originals for m in masks)  # same size: the classes exactly
+    present = np.load(tmp_path / "out" / "train_mask_classes.npy")
+    assert (present[:, 0]).all()
+    assert present.shape == (6, 255)
+    (folder / "colors.txt").write_text("1 2 3\n" * 300)
+    with pytest.raises(DatasetImportError, match="more than 255 colours"):
+        _import(folder, tmp_path / "too-many", task="segmentation")

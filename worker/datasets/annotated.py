@@ -205,14 +205,21 @@ def _plan(
                 raise DatasetImportError(f"{name}: its class list differs from train's")
             declared = parsed.classes
         planned[name] = _Planned(name, source.root, parsed.items)
-    if val is None and test is None:
+    # like classification: a split without its own source is carved out of train
+    val_pct = 0.0 if val is not None else opts.val_pct
+    test_pct = 0.0 if test is not None else opts.test_pct
+    if val_pct or test_pct:
         items = planned["train"].items
         order = _rng(opts.seed, 7).permutation(len(items)) if items else np.zeros(0, dtype=np.int64)
-        n_train, n_val, _ = _split_sizes(len(items), opts.val_pct, opts.test_pct)
+        n_train, n_val, _ = _split_sizes(len(items), val_pct, test_pct)
         shuffled = [items[int(i)] for i in order]
         planned["train"].items = sorted(shuffled[:n_train], key=lambda it: it.rel)
-        planned["val"].items = sorted(shuffled[n_train : n_train + n_val], key=lambda it: it.rel)
-        planned["test"].items = sorted(shuffled[n_train + n_val :], key=lambda it: it.rel)
+        if val is None:
+            planned["val"].items = sorted(
+                shuffled[n_train : n_train + n_val], key=lambda it: it.rel
+            )
+        if test is None:
+            planned["test"].items = sorted(shuffled[n_train + n_val :], key=lambda it: it.rel)
     return planned, declared, colors, fmt if extra.task == "detection" else "masks"
 
 
@@ -220,6 +227,8 @@ def _classes(
     planned: dict[str, _Planned], declared: list[str] | None, extra: AnnotatedOptions, fmt: str
 ) -> list[str]:
     """The class list: the request's, else the files' own, else every name the boxes use."""
+    if extra.task == "segmentation" and len(extra.classes or declared or []) > IGNORE:
+        raise DatasetImportError(f"masks hold at most {IGNORE} classes (255 is ignore)")
     if extra.classes:
         return list(extra.classes)
     if declared:
@@ -262,6 +271,7 @@ def _import_into(
         boxes: list[np.ndarray] = []
         box_labels: list[np.ndarray] = []
         offsets = [0]
+        present: list[np.ndarray] = []  # segmentation: which classes each mask holds
         masks: np.memmap | None = None
         if extra.task == "segmentation" and items:
             masks = np.lib.format.open_memmap(
@@ -305,7 +315,9 @@ def _import_into(
                 if arr is None:
                     continue
                 masks[writer.count] = mask
-                per_class += np.bincount(mask.ravel(), minlength=256)
+                hist = np.bincount(mask.ravel(), minlength=256)
+                per_class += hist
+                present.append(hist[:IGNORE] > 0)
             writer.add(arr)
         writer.finish()
         if writer.count == 0:
@@ -334,6 +346,7 @@ def _import_into(
             del masks
             if writer.count < capacity:
                 _truncate(partial / f"{split}_masks.npy", writer.count)
+            np.save(store.mask_classes_path(partial, split), np.stack(present))
             seen = np.nonzero(per_class[:IGNORE])[0]
             if len(seen):
                 max_index = max(max_index, int(seen.max()))
@@ -492,8 +505,8 @@ def _mask(
             f"mask is {mask_img.size[0]}x{mask_img.size[1]}, its image {size[0]}x{size[1]}",
         )
         return None
-    if mask_img.mode in ("P", "L"):
-        values = np.asarray(mask_img, dtype=np.uint8)
+    if mask_img.mode in ("P", "L", "1"):
+        values = np.asarray(mask_img).astype(np.uint8)
     elif mask_img.mode in ("RGB", "RGBA"):
         if not colors:
             skips.add(
@@ -502,12 +515,20 @@ def _mask(
             return None
         rgb = np.asarray(mask_img.convert("RGB"), dtype=np.uint32)
         packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-        values = np.full(packed.shape, IGNORE, dtype=np.uint8)
-        for i, (r, g, b) in enumerate(colors):
-            values[packed == ((r << 16) | (g << 8) | b)] = i
+        # one pass whatever the number of colours: each distinct colour is looked up once
+        found, where = np.unique(packed, return_inverse=True)
+        index = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(colors)}
+        lookup = np.array([index.get(int(c), IGNORE) for c in found], dtype=np.uint8)
+        values = lookup[where.reshape(packed.shape)]
     elif mask_img.mode in ("I;16", "I;16L", "I;16B", "I"):
         wide = np.asarray(mask_img).astype(np.int64)
-        values = np.where((wide >= 0) & (wide < IGNORE), wide, IGNORE).astype(np.uint8)
+        beyond = wide[(wide < 0) | (wide > IGNORE)]
+        if beyond.size:
+            skips.add(
+                item.mask_rel, f"mask value {int(beyond.max())}: classes are 0-254 (255 ignores)"
+            )
+            return None
+        values = wide.astype(np.uint8)
     else:
         skips.add(
             item.mask_rel, f"a mask must hold class indices (palette or grey), not {mask_img.mode}"

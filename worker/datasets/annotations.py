@@ -28,11 +28,14 @@ from shared.images import IMAGE_EXTENSIONS
 
 FORMATS = ("coco", "voc", "kitti", "yolo")
 # The COCO file describes a whole split; larger ones are refused before any byte is parsed
-# (json.loads of 256 MiB takes ~2 GB of Python objects). Per-image files are far smaller.
-MAX_JSON_BYTES = 256 * 1024 * 1024
+# (json.loads turns 64 MiB of tiny objects into ~1.5 GB of Python ones). Per-image files are
+# far smaller.
+MAX_JSON_BYTES = 64 * 1024 * 1024
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_BOXES_PER_IMAGE = 2_000
 MAX_CLASSES = 1_000
+MAX_SEGMENTATION_CLASSES = 255  # mask values 0..254; 255 is ignore
+MAX_NAME = 200
 # Folders that hold one kind of file in the layouts people use; a path below one of them is
 # paired with the same path below another (images/a/x.jpg with labels/a/x.txt).
 IMAGE_DIRS = frozenset({"images", "jpegimages", "image_2", "img", "imgs"})
@@ -183,13 +186,36 @@ def read_class_list(path: str) -> list[str]:
         raise AnnotationError(f"{Path(path).name}: {exc}") from None
     if not names:
         raise AnnotationError(f"{Path(path).name} names no classes")
-    if len(names) > MAX_CLASSES:
-        raise AnnotationError(
-            f"{Path(path).name} names {len(names)} classes; at most {MAX_CLASSES}"
-        )
+    return check_names(names, Path(path).name)
+
+
+def name_problem(name: str) -> str | None:
+    """Why a class name cannot be used (it becomes a line of labels.txt and a key), or None."""
+    if not name:
+        return "an empty class name"
+    if len(name) > MAX_NAME:
+        return f"a class name over {MAX_NAME} characters"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "a class name with a control character"
+    return None
+
+
+def check_names(names: list[str], where: str) -> list[str]:
+    """A declared class list, or an AnnotationError that says what is wrong with it."""
+    for name in names:
+        problem = name_problem(name)
+        if problem:
+            raise AnnotationError(f"{where}: {problem} ({name[:40]!r})")
     if len(set(names)) != len(names):
-        raise AnnotationError(f"{Path(path).name} names a class twice")
+        raise AnnotationError(f"{where} names a class twice")
+    if len(names) > MAX_CLASSES:
+        raise AnnotationError(f"{where} names {len(names)} classes; at most {MAX_CLASSES}")
     return names
+
+
+def _id(value: Any) -> int | None:
+    """A COCO id: an integer (not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _number(value: Any) -> float:
@@ -222,12 +248,23 @@ def detect_format(files: list[str]) -> str:
                 lines = _text_lines(path)
             except (_TooLarge, _Bad, OSError):
                 continue
-            if lines:
-                return "yolo" if len(lines[0].split()) == 5 else "kitti"
+            fields = lines[0].split() if lines else []
+            if len(fields) == 5 and all(_numeric(f) for f in fields):
+                return "yolo"
+            if len(fields) >= 8 and not _numeric(fields[0]) and all(map(_numeric, fields[1:8])):
+                return "kitti"  # other .txt files (lists of image paths) say nothing
     raise AnnotationError(
         "no annotations found: expected a COCO .json file, Pascal VOC .xml files, "
         "or KITTI/YOLO .txt label files beside the images"
     )
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_detection(root: Path, fmt: str, skips: Skips) -> Parsed:
@@ -263,44 +300,59 @@ def _coco(base: str, files: list[str], skips: Skips) -> Parsed:
         raise AnnotationError("COCO: the file needs lists of images, annotations and categories")
     categories: dict[int, str] = {}
     for cat in doc["categories"]:
-        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int):
+        cat_id = _id(cat.get("id")) if isinstance(cat, dict) else None
+        if cat_id is None:
             raise AnnotationError("COCO: every category needs an integer id and a name")
         name = cat.get("name")
-        if not isinstance(name, str) or not name or cat["id"] in categories:
-            raise AnnotationError(f"COCO: category {cat['id']} has no name or is listed twice")
-        categories[cat["id"]] = name
-    if len(categories) > MAX_CLASSES:
-        raise AnnotationError(f"COCO: {len(categories)} categories; at most {MAX_CLASSES}")
+        if not isinstance(name, str) or not name or cat_id in categories:
+            raise AnnotationError(f"COCO: category {cat_id} has no name or is listed twice")
+        categories[cat_id] = name
+    check_names(list(categories.values()), "COCO: the categories")
     folder = os.path.dirname(path)
     on_disk = {os.path.normpath(f): f for f in files if _is_image(f)}
     items: dict[int, Item] = {}
     listed: set[str] = set()
+    missing: set[int] = set()
     for entry in doc["images"]:
-        if not isinstance(entry, dict) or not isinstance(entry.get("id"), int):
+        image_id = _id(entry.get("id")) if isinstance(entry, dict) else None
+        if image_id is None:
             raise AnnotationError("COCO: every image needs an integer id and a file_name")
         name = entry.get("file_name")
-        if not isinstance(name, str) or not name or entry["id"] in items:
-            raise AnnotationError(f"COCO: image {entry['id']} has no file_name or is listed twice")
+        if not isinstance(name, str) or not name or image_id in items or image_id in missing:
+            raise AnnotationError(f"COCO: image {image_id} has no file_name or is listed twice")
         found = _find_image(name, (folder, os.path.join(folder, "images"), base), on_disk, base)
-        if found is None:
-            skips.add(name[:200], "listed in the COCO file but not found")
+        if found is None or found in listed:
+            reason = (
+                "listed in the COCO file but not found"
+                if found is None
+                else ("a second COCO image entry for the same file")
+            )
+            skips.add(name[:200], reason)
+            missing.add(image_id)
             continue
         listed.add(found)
-        items[entry["id"]] = Item(image=found, rel=_rel(found, base))
+        items[image_id] = Item(image=found, rel=_rel(found, base))
     for path in on_disk.values():
         if path not in listed:
             skips.add(_rel(path, base), "image not in the COCO file")
     for ann in doc["annotations"]:
         if not isinstance(ann, dict):
             raise AnnotationError("COCO: every annotation must be an object")
-        item = items.get(ann.get("image_id"))  # type: ignore[arg-type]
+        image_id = _id(ann.get("image_id"))
+        item = items.get(image_id) if image_id is not None else None
         if item is None:
-            continue  # its image was skipped above (or never listed)
-        where = f"{item.rel} (annotation {ann.get('id')})"
+            if image_id not in missing:  # a missing image's boxes go with it, said once
+                skips.add(
+                    f"annotation {str(ann.get('id'))[:20]}",
+                    f"image_id {str(ann.get('image_id'))[:20]} is not an image of the file",
+                )
+            continue
+        where = f"{item.rel} (annotation {str(ann.get('id'))[:20]})"
         if ann.get("iscrowd"):
             skips.add(where, "crowd region (iscrowd=1), not a box")
             continue
-        category = categories.get(ann.get("category_id"))  # type: ignore[arg-type]
+        category_id = _id(ann.get("category_id"))
+        category = categories.get(category_id) if category_id is not None else None
         if category is None:
             skips.add(where, f"unknown category id {str(ann.get('category_id'))[:20]}")
             continue
@@ -332,6 +384,18 @@ def _find_image(
     return None
 
 
+def _keyed(files: list[str], base: str, dirs: frozenset[str], skips: Skips) -> dict[str, str]:
+    """Files by pairing key; a second file with the same key (x.jpg beside x.png) is skipped."""
+    found: dict[str, str] = {}
+    for f in files:
+        key = _key(_rel(f, base), dirs)
+        if key in found:
+            skips.add(_rel(f, base), f"another file is also {key} ({_rel(found[key], base)})")
+        else:
+            found[key] = f
+    return found
+
+
 def _paired(base: str, files: list[str], fmt: str, skips: Skips) -> Parsed:
     """VOC, KITTI and YOLO: one annotation file per image, paired by path."""
     ext = ".xml" if fmt == "voc" else ".txt"
@@ -345,14 +409,23 @@ def _paired(base: str, files: list[str], fmt: str, skips: Skips) -> Parsed:
             )
         declared = read_class_list(class_files[0])
     ignored = {os.path.normpath(f) for f in class_files}
-    images = {_key(_rel(f, base), IMAGE_DIRS): f for f in files if _is_image(f)}
-    labels: dict[str, str] = {}
+    images = _keyed([f for f in files if _is_image(f)], base, IMAGE_DIRS, skips)
+    labels = _keyed(
+        [
+            f
+            for f in files
+            if f.lower().endswith(ext)
+            and os.path.normpath(f) not in ignored
+            and os.path.basename(f).lower() != COLOR_FILE
+        ],
+        base,
+        LABEL_DIRS,
+        skips,
+    )
     for f in files:
         if os.path.normpath(f) in ignored or os.path.basename(f).lower() == COLOR_FILE:
             continue
-        if f.lower().endswith(ext):
-            labels[_key(_rel(f, base), LABEL_DIRS)] = f
-        elif not _is_image(f):
+        if not f.lower().endswith(ext) and not _is_image(f):
             skips.add(_rel(f, base), f"neither an image nor a {fmt.upper()} annotation file")
     items: list[Item] = []
     for key, image in sorted(images.items()):
@@ -388,7 +461,7 @@ def _voc(path: str, item: Item, skips: Skips) -> None:
         root = SafeET.fromstring(data, forbid_dtd=True)
     except DefusedXmlException:
         raise _Bad("refused: XML with a DTD or entities (an entity bomb, or a reference)") from None
-    except SafeET.ParseError as exc:
+    except (SafeET.ParseError, ValueError, LookupError) as exc:  # LookupError: an odd encoding=
         raise _Bad(f"not valid XML ({str(exc)[:80]})") from None
     if root.tag != "annotation":
         raise _Bad(f"not a Pascal VOC annotation (root element <{root.tag[:40]}>)")
@@ -459,7 +532,10 @@ def _yolo(path: str, item: Item, classes: list[str], skips: Skips) -> None:
 
 
 def _append(item: Item, box: RawBox, where: str, skips: Skips) -> None:
-    if len(item.boxes) >= MAX_BOXES_PER_IMAGE:
+    problem = name_problem(box.label)
+    if problem:
+        skips.add(where, problem)
+    elif len(item.boxes) >= MAX_BOXES_PER_IMAGE:
         skips.add(where, f"over {MAX_BOXES_PER_IMAGE} boxes in one image")
     else:
         item.boxes.append(box)
@@ -473,8 +549,8 @@ def parse_segmentation(root: Path, skips: Skips) -> Parsed:
     root = unwrap(root)
     base = os.fspath(root)
     files = walk(root, skips)
-    images: dict[str, str] = {}
-    masks: dict[str, str] = {}
+    image_files: list[str] = []
+    mask_files: list[str] = []
     declared: list[str] | None = None
     colors: list[tuple[int, int, int]] | None = None
     for f in files:
@@ -486,11 +562,18 @@ def parse_segmentation(root: Path, skips: Skips) -> Parsed:
         elif not top and name == COLOR_FILE:
             colors = _read_colors(f)
         elif _is_image(f) and top in IMAGE_DIRS:
-            images[_key(rel, IMAGE_DIRS)] = f
+            image_files.append(f)
         elif _is_image(f) and top in MASK_DIRS:
-            masks[_key(rel, MASK_DIRS)] = f
+            mask_files.append(f)
         else:
             skips.add(rel, "not in images/ or masks/ (nor classes.txt, colors.txt)")
+    images = _keyed(image_files, base, IMAGE_DIRS, skips)
+    masks = _keyed(mask_files, base, MASK_DIRS, skips)
+    if declared is not None and len(declared) > MAX_SEGMENTATION_CLASSES:
+        raise AnnotationError(
+            f"classes.txt names {len(declared)} classes; masks hold at most "
+            f"{MAX_SEGMENTATION_CLASSES} (255 is ignore)"
+        )
     if not images or not masks:
         raise AnnotationError(
             "segmentation needs images/ and masks/ folders with the same file names "
@@ -527,6 +610,8 @@ def _read_colors(path: str) -> list[tuple[int, int, int]]:
         if len(fields) < 3 or len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
             raise AnnotationError(f"colors.txt line {n + 1}: expected three numbers 0-255 (r g b)")
         colors.append((rgb[0], rgb[1], rgb[2]))
+        if len(colors) > MAX_SEGMENTATION_CLASSES:
+            raise AnnotationError(f"colors.txt: more than {MAX_SEGMENTATION_CLASSES} colours")
     if len(set(colors)) != len(colors):
         raise AnnotationError("colors.txt gives one colour to two classes")
     return colors
