@@ -132,3 +132,24 @@ def test_a_detection_folder_without_annotations_fails_with_the_reason(
     ds = _upload(pg_stack, tmp_path, "no-boxes", {"task": "detection"}, folder)
     assert ds["status"] == "error"
     assert ds["error"].startswith("no annotations found")
+
+
+def test_a_drawing_larger_than_4096_pixels_a_side_is_refused(
+    pg_stack: Stack, tmp_path: Path
+) -> None:
+    folder = tmp_path / "big"
+    shapes.write_yolo(folder, SAMPLES[:2])
+    ds = _upload(
+        pg_stack,
+        tmp_path,
+        "big",
+        {"task": "detection", "image_width": 600, "image_height": 600, "val_pct": 0},
+        folder,
+    )
+    assert ds["status"] == "done", ds["error"]
+    with pg_stack.client() as client:
+        url = f"/datasets/{ds['id']}/samples/train/0/annotated"
+        refused = client.get(url, params={"scale": 8})  # 4800 px a side: ~70 MB to draw
+        assert refused.status_code == 400
+        assert refused.json()["code"] == "scale_too_large"
+        assert client.get(url, params={"scale": 2}).status_code == 200
