@@ -25,6 +25,7 @@ from defusedxml import DefusedXmlException  # type: ignore[import-untyped]
 from defusedxml import ElementTree as SafeET
 
 from shared.images import IMAGE_EXTENSIONS
+from worker.datasets.importer import LINK_OUTSIDE, _ignored, _link_escapes
 
 FORMATS = ("coco", "voc", "kitti", "yolo")
 # The COCO file describes a whole split; larger ones are refused before any byte is parsed
@@ -45,7 +46,6 @@ CLASS_FILES = ("classes.txt", "obj.names", "labels.txt")
 COLOR_FILE = "colors.txt"
 SEGMENTATION_CLASS_FILES = ("classes.txt", "labels.txt")
 KITTI_IGNORED = "dontcare"
-LINK_OUTSIDE = "symbolic link to outside the dataset folder"
 
 
 class AnnotationError(Exception):
@@ -112,13 +112,11 @@ def walk(root: Path, skips: Skips) -> list[str]:
             entries = sorted(it, key=lambda e: e.name)
         subdirs = []
         for entry in entries:
-            if entry.name.startswith(".") or entry.name in ("__MACOSX", "Thumbs.db"):
+            if _ignored(entry.name):
                 continue
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if os.path.commonpath([target, real_root]) != real_root:
-                    skips.add(_rel(entry.path, os.fspath(root)), LINK_OUTSIDE)
-                    continue
+            if _link_escapes(entry, real_root):
+                skips.add(_rel(entry.path, os.fspath(root)), LINK_OUTSIDE)
+                continue
             if entry.is_dir():
                 subdirs.append(entry.path)
             elif entry.is_file():
@@ -131,7 +129,7 @@ def unwrap(root: Path) -> Path:
     """Descend through single folders that wrap everything (an archive of one folder)."""
     for _ in range(8):
         with os.scandir(root) as it:
-            entries = [e for e in it if not e.name.startswith(".") and e.name != "__MACOSX"]
+            entries = [e for e in it if not _ignored(e.name)]
         if len(entries) != 1 or not entries[0].is_dir(follow_symlinks=False):
             break
         if entries[0].name.lower() in IMAGE_DIRS | LABEL_DIRS | MASK_DIRS:

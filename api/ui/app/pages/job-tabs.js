@@ -219,7 +219,7 @@ export function ClassifyTab({ job, checkpoints }) {
 function Histogram({ hist }) {
   if (!hist || !hist.counts) return null;
   const top = Math.max(1, ...hist.counts);
-  return html`<div class="hist" title=${`${hist.edges[0].toPrecision(3)} … ${hist.edges[hist.edges.length - 1].toPrecision(3)}`}>${hist.counts.map((c) => html`<div style=${{ height: `${(100 * c) / top}%` }}></div>`)}</div>`;
+  return html`<div class="minihist" title=${`${hist.edges[0].toPrecision(3)} … ${hist.edges[hist.edges.length - 1].toPrecision(3)}`}>${hist.counts.map((c) => html`<div style=${{ height: `${(100 * c) / top}%` }}></div>`)}</div>`;
 }
 
 function stats(s) {
