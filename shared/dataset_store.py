@@ -213,6 +213,18 @@ class SplitReader:
         start, end = int(self._box_offsets[i]), int(self._box_offsets[i + 1])
         return np.array(self._boxes[start:end]), np.array(self._box_labels[start:end])
 
+    def all_boxes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every box of the split (M x 4), their class ids (M) and the per-image offsets (N+1)."""
+        if self._boxes is None or self._box_labels is None or self._box_offsets is None:
+            raise ValueError("this split has no boxes")
+        return np.array(self._boxes), np.array(self._box_labels), np.array(self._box_offsets)
+
+    def all_masks(self) -> np.ndarray:
+        """The split's masks (N x H x W uint8), memory-mapped."""
+        if self._masks is None:
+            raise ValueError("this split has no masks")
+        return self._masks
+
     def images_with_box_class(self, label: int) -> np.ndarray:
         """Indices of the images that have a box of class label."""
         if self._box_labels is None or self._box_offsets is None:

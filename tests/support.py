@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 from PIL import Image
 
 from cli.supervisor import listening
@@ -276,3 +277,17 @@ def sse_events(
                 key, _, value = line.partition(": ")
                 event[key] = value
     return events
+
+
+def training_child(worker_pid: int, job_id: str, timeout: float = 30) -> psutil.Process:
+    """The process training `job_id` under a worker (it writes that job's log)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in psutil.Process(worker_pid).children(recursive=True):
+            try:
+                if any(job_id in f.path for f in proc.open_files()):
+                    return proc
+            except psutil.Error:
+                continue
+        time.sleep(0.2)
+    raise AssertionError(f"no training process for {job_id}")

@@ -26,7 +26,14 @@ from shared.queue import create_celery
 from shared.settings import Settings
 from tests.chaos import PrivateRedis, TcpProxy
 from tests.conftest import create_pg_database, drop_pg_database
-from tests.support import Stack, post_dataset, wait_for, write_class_folders, zip_folder
+from tests.support import (
+    Stack,
+    post_dataset,
+    training_child,
+    wait_for,
+    write_class_folders,
+    zip_folder,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -122,20 +129,6 @@ def _worker_pid(client: httpx.Client, name: str) -> int:
     return next(w["pid"] for w in client.get("/workers").json() if w["name"] == name)
 
 
-def _training_child(worker_pid: int, job_id: str, timeout: float = 30) -> psutil.Process:
-    """The process training `job_id` under a worker (it writes that job's log)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc in psutil.Process(worker_pid).children(recursive=True):
-            try:
-                if any(job_id in f.path for f in proc.open_files()):
-                    return proc
-            except psutil.Error:
-                continue
-        time.sleep(0.2)
-    raise AssertionError(f"no training process for {job_id}")
-
-
 def _checkpoint_epochs(client: httpx.Client, job_id: str) -> list[float]:
     return [
         c["epoch"]
@@ -187,7 +180,7 @@ def test_sigkill_of_the_training_child_resumes_from_the_last_checkpoint(env: Env
     with env.stack.client() as client:
         job_id = _submit(client, env.datasets["d28"], "kill-child", epochs=epochs)
         _wait_checkpoint(client, job_id, 3)
-        child = _training_child(_worker_pid(client, "rel-a"), job_id)
+        child = training_child(_worker_pid(client, "rel-a"), job_id)
         saved = max(c["step"] for c in client.get(f"/jobs/{job_id}/checkpoints").json())
         at_kill = client.get(f"/jobs/{job_id}").json()["step"]
         child.send_signal(signal.SIGKILL)
@@ -216,7 +209,7 @@ def test_sigkill_of_the_whole_worker_then_restart_resumes(env: Env) -> None:
         job_id = _submit(client, env.datasets["d28"], "kill-worker", epochs=epochs)
         _wait_checkpoint(client, job_id, 3)
         pid = _worker_pid(client, "rel-a")
-        child = _training_child(pid, job_id)
+        child = training_child(pid, job_id)
         at_kill = client.get(f"/jobs/{job_id}").json()["step"]
         saved = max(c["step"] for c in client.get(f"/jobs/{job_id}/checkpoints").json())
         os.kill(pid, signal.SIGKILL)
@@ -272,7 +265,7 @@ def test_a_job_that_kills_its_worker_every_epoch_ends_in_error_and_others_finish
             if job["status"] == "running" and job["epoch"] >= 1:
                 pid = _worker_pid(client, job["worker"])
                 try:
-                    _training_child(pid, doomed, timeout=5).send_signal(signal.SIGKILL)
+                    training_child(pid, doomed, timeout=5).send_signal(signal.SIGKILL)
                     kills += 1
                 except (AssertionError, psutil.Error):
                     pass

@@ -274,6 +274,13 @@ def make_plan(session: Any, settings: Settings, job: Job) -> TrainingPlan:
             raise ValueError(f"the previous job's checkpoint {name!r} is gone")
         init_checkpoint = row.path
         network = _head_free(source.request["network"])
+    elif network["kind"] == "standard" and network.get("backbone_job_id"):
+        from shared.services.jobs import backbone_checkpoint
+
+        row = backbone_checkpoint(session, uuid.UUID(network["backbone_job_id"]))
+        if row is None or not artifacts.get_store(settings).exists(row.path):
+            raise ValueError("the backbone job's checkpoint is gone")
+        init_checkpoint = row.path
     # resume candidates: recorded checkpoints, newest first. A file written just before a
     # crash, whose row (and metrics) never reached the database, is not among them.
     rows = session.scalars(

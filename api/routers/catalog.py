@@ -32,6 +32,7 @@ def list_networks() -> list[NetworkRead]:
             family=n.family,
             description=n.description,
             default_batch_size=n.default_batch_size,
+            task=n.task,
             recommended=recommended(n.name),
         )
         for n in CATALOG.values()

@@ -13,6 +13,17 @@ from shared.networks import Layer, NetworkName
 from shared.schemas.common import StatusEntry
 
 Solver = Literal["sgd", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "adamw"]
+# what best_metric and early stopping may follow: classification's, detection's, segmentation's
+ValMetric = Literal[
+    "val.loss",
+    "val.accuracy",
+    "val.top5",
+    "val.map",
+    "val.map_50",
+    "val.map_75",
+    "val.miou",
+    "val.pixel_accuracy",
+]
 LRPolicy = Literal[
     "fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid", "cosine", "onecycle"
 ]
@@ -28,6 +39,13 @@ class StandardNetwork(_Strict):
 
     kind: Literal["standard"] = "standard"
     name: NetworkName
+    backbone_job_id: uuid.UUID | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,  # requests and info.json without it stay as they were
+        description="Detection and segmentation: start the backbone from this classification "
+        "job's best checkpoint (its network must be the backbone's: resnet18 for "
+        "fcos_resnet18_fpn, resnet50 for the ResNet-50 ones, mobilenet_v3_large for the rest)",
+    )
 
 
 class CustomNetwork(_Strict):
@@ -92,7 +110,10 @@ class LRParams(_Strict):
 class EarlyStopping(_Strict):
     """Stop when the validation metric has not improved for `patience` validations."""
 
-    metric: Literal["val.loss", "val.accuracy", "val.top5"] = "val.loss"
+    metric: ValMetric = Field(
+        default="val.loss",
+        description="detection and segmentation jobs left at val.loss use val.map or val.miou",
+    )
     patience: int = Field(default=5, ge=1)
     min_delta: float = Field(default=0.0, ge=0)
 
@@ -154,7 +175,10 @@ class Hyperparameters(_Strict):
     aug_hsv_s: float = Field(default=0.04, ge=0, le=0.5)
     aug_hsv_v: float = Field(default=0.06, ge=0, le=0.5)
     early_stopping: EarlyStopping | None = None
-    best_metric: Literal["val.loss", "val.accuracy", "val.top5"] = "val.accuracy"
+    best_metric: ValMetric = Field(
+        default="val.accuracy",
+        description="detection and segmentation jobs left at val.accuracy use val.map or val.miou",
+    )
     amp: bool = Field(default=True, description="mixed precision on CUDA (bf16 where supported)")
     log_interval: int = Field(default=0, ge=0, description="train loss every N steps; 0 = auto")
 
@@ -389,6 +413,9 @@ class NetworkRead(BaseModel):
     family: str
     description: str
     default_batch_size: int | None
+    task: Literal["classification", "detection", "segmentation"] = Field(
+        default="classification", description="The datasets it trains on"
+    )
     recommended: dict[str, Any] = Field(
         default_factory=dict,
         description='The recipe `"recipe": "recommended"` fills in (DIGITS\'s defaults otherwise)',

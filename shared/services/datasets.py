@@ -99,13 +99,17 @@ def get_ready_dataset(session: Session, dataset_id: uuid.UUID, user: User) -> Da
     return dataset
 
 
-def get_classification_dataset(session: Session, dataset_id: uuid.UUID, user: User) -> Dataset:
-    """A ready dataset that classification can train or evaluate on (the others: a 400)."""
+def get_classification_dataset(
+    session: Session, dataset_id: uuid.UUID, user: User, action: str
+) -> Dataset:
+    """A ready dataset for what only classification has yet (`action`: tuning studies,
+    evaluation); the others get a 400."""
     dataset = get_ready_dataset(session, dataset_id, user)
     if dataset.task != "classification":
         raise InvalidInput(
-            f"dataset {dataset_id} is a {dataset.task} dataset; training and evaluating "
-            f"{dataset.task} models is not available yet (its boxes or masks can be explored)",
+            f"dataset {dataset_id} is a {dataset.task} dataset; {action} is available for "
+            f"classification only so far ({dataset.task} models are trained with a job and "
+            "tried with POST /jobs/{id}/predict)",
             code="unsupported_task",
         )
     return dataset

@@ -47,6 +47,113 @@ from shared.services import dispatch, lifecycle
 from shared.settings import Settings
 
 
+def network_task(session: Session, network: Any) -> str:
+    """The task a job's network does: a standard network's own, a previous job's network's;
+    custom and uploaded networks classify."""
+    if isinstance(network, StandardNetwork):
+        return networks.network_task(network.name)
+    if isinstance(network, PreviousNetwork):
+        source = session.get(Job, network.job_id)
+        base = source.request.get("network", {}) if source is not None else {}
+        if base.get("kind") == "standard":
+            return networks.network_task(str(base.get("name")))
+    return "classification"
+
+
+# what only classification's augmentation does (its crop, rotations, HSV)
+_CLASSIFICATION_ONLY = {
+    "crop_size": None,
+    "aug_quad_rot": "none",
+    "aug_rot": 0.0,
+    "aug_hsv_use": False,
+}
+
+
+def fit_task(session: Session, network: Any, dataset: Dataset, raw: dict[str, Any]) -> str:
+    """Refuse a network of another task than the dataset's, options the task does not have,
+    and metrics it does not report; a detection or segmentation job left at classification's
+    best_metric or early-stopping metric follows its own task's (val.map, val.miou).
+    Changes `raw` (the request's hyperparameters) in place; returns the task."""
+    task = str(dataset.task or "classification")
+    net_task = network_task(session, network)
+    if net_task != task:
+        names = [n.name for n in networks.CATALOG.values() if n.task == task]
+        hint = f" ({task} networks: {', '.join(names)})" if task != "classification" else ""
+        raise InvalidInput(
+            f"this is a {net_task} network and dataset {dataset.id} is a {task} dataset{hint}",
+            code="network_task_mismatch",
+        )
+    allowed = networks.TASK_METRICS[task]
+    if task != "classification":
+        for key, default in _CLASSIFICATION_ONLY.items():
+            if raw.get(key, default) != default:
+                raise InvalidInput(
+                    f"{key} is classification's augmentation; {task} jobs flip (aug_flip), "
+                    "scale and crop (aug_scale) and add noise (aug_noise) with their "
+                    f"{'boxes' if task == 'detection' else 'masks'}: leave {key} unset",
+                    code="invalid_hyperparameters",
+                )
+        if raw.get("best_metric") == "val.accuracy":
+            raw["best_metric"] = allowed[0]
+        early = raw.get("early_stopping")
+        if early and early.get("metric") == "val.loss" and "val.loss" not in allowed:
+            early["metric"] = allowed[0]
+    for name, value in (
+        ("best_metric", raw.get("best_metric")),
+        ("early_stopping.metric", (raw.get("early_stopping") or {}).get("metric")),
+    ):
+        if value is not None and value not in allowed:
+            raise InvalidInput(
+                f"{name} {value} is not reported by {task} jobs; use one of {', '.join(allowed)}",
+                code="invalid_hyperparameters",
+            )
+    return task
+
+
+def backbone_checkpoint(session: Session, job_id: uuid.UUID) -> Checkpoint | None:
+    """The checkpoint a backbone starts from: the job's best, else its last."""
+    rows = {
+        c.name: c
+        for c in session.scalars(
+            select(Checkpoint).where(
+                Checkpoint.job_id == job_id, Checkpoint.name.in_(["best", "last"])
+            )
+        )
+    }
+    return rows.get("best") or rows.get("last")
+
+
+def _check_backbone(session: Session, network: StandardNetwork, user: User) -> None:
+    info = networks.CATALOG[network.name]
+    if info.backbone is None:
+        raise InvalidInput(
+            f"{network.name} is a classification network: backbone_job_id is for detection "
+            "and segmentation networks (fine-tune a classifier with kind previous)",
+            code="invalid_backbone",
+        )
+    source = session.get(Job, network.backbone_job_id)
+    if (
+        source is None
+        or source.kind != JobKind.TRAIN.value
+        or not datasets_service.visible(user, source.owner_id)
+    ):
+        raise NotFound(
+            f"backbone job {network.backbone_job_id} does not exist", code="job_not_found"
+        )
+    base = source.request.get("network", {})
+    trained = base.get("name") if base.get("kind") == "standard" else base.get("kind")
+    if trained != info.backbone:
+        raise InvalidInput(
+            f"job {source.id} trained {trained}; {network.name}'s backbone is {info.backbone}",
+            code="invalid_backbone",
+        )
+    if backbone_checkpoint(session, source.id) is None:
+        raise Conflict(
+            f"backbone job {source.id} has no best or last checkpoint yet",
+            code="checkpoint_not_found",
+        )
+
+
 def _check_network(
     session: Session, network: Any, dataset: Dataset, hyper: Hyperparameters, user: User
 ) -> None:
@@ -65,6 +172,8 @@ def _check_network(
             networks.check_standard(network.name, dataset.image_channels, height, width)
         except ValueError as exc:
             raise InvalidInput(str(exc), code="invalid_network") from exc
+        if network.backbone_job_id is not None:
+            _check_backbone(session, network, user)
     elif isinstance(network, CustomNetwork):
         try:
             networks.check_custom(network.layers, dataset.image_channels, height, width, classes)
@@ -163,7 +272,7 @@ def create_training_jobs(
     session: Session, data: JobCreate, user: User, settings: Settings
 ) -> list[Job]:
     """Validate a submission and queue one job per sweep combination (sent after the commit)."""
-    dataset = datasets_service.get_classification_dataset(session, data.dataset_id, user)
+    dataset = datasets_service.get_ready_dataset(session, data.dataset_id, user)
     requested = data.hyperparameters
     if data.recipe == "recommended" and isinstance(data.network, StandardNetwork):
         given = requested.model_dump(mode="json", exclude_unset=True)
@@ -171,6 +280,7 @@ def create_training_jobs(
             {**networks.recommended(data.network.name), **given}
         )
     raw = requested.model_dump(mode="json")
+    task = fit_task(session, data.network, dataset, raw)
     lrs = raw["learning_rate"] if isinstance(raw["learning_rate"], list) else [raw["learning_rate"]]
     bss = raw["batch_size"] if isinstance(raw["batch_size"], list) else [raw["batch_size"]]
     seed = raw["seed"] if raw["seed"] is not None else random.randrange(2**31)
@@ -200,6 +310,7 @@ def create_training_jobs(
             "group": group,
             "notes": data.notes,
             "network": data.network.model_dump(mode="json"),
+            "task": task,
             "hyperparameters": hyper.model_dump(mode="json"),
             "gpu": data.gpu,
             "gpus": data.gpus,
@@ -294,6 +405,7 @@ def clone_job(
     """A new job from the stored request, with overrides."""
     job = get_job(session, job_id, user)
     request = dict(job.request)
+    request.pop("task", None)  # the dataset's, found again
     overrides = data.model_dump(exclude_unset=True, mode="json")
     hyper = dict(request.get("hyperparameters", {}))
     hyper.update(overrides.pop("hyperparameters", None) or {})

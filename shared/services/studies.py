@@ -86,7 +86,9 @@ def _check_space(data: StudyCreate, channels: int, height: int, width: int) -> N
 
 def create_study(session: Session, data: StudyCreate, user: User, settings: Settings) -> Study:
     """Validate a study and record it; `top_up` (after the commit) queues its first trials."""
-    dataset = datasets_service.get_classification_dataset(session, data.dataset_id, user)
+    dataset = datasets_service.get_classification_dataset(
+        session, data.dataset_id, user, "a tuning study"
+    )
     hyper = data.hyperparameters
     jobs_service.check_limits(hyper, 1, settings)
     datasets_service.check_quota(session, user, settings)

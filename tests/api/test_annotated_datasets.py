@@ -62,7 +62,8 @@ def test_a_detection_archive_imports_and_explores_with_its_boxes(
         colour = PALETTE[item["boxes"][0]["label"]]
         # the box's bottom edge (its top may carry the class name) is in its class's colour
         assert (rgb[2 * y1 - 1, 2 * x0 + 2 : 2 * x1 - 2] == colour).all()
-        # nothing here trains on boxes yet: refused before anything is queued
+        # a classifier cannot train on boxes: refused before anything is queued, naming the
+        # networks that can
         refused = client.post(
             "/jobs",
             json={
@@ -73,7 +74,8 @@ def test_a_detection_archive_imports_and_explores_with_its_boxes(
             },
         )
         assert refused.status_code == 400
-        assert refused.json()["code"] == "unsupported_task"
+        assert refused.json()["code"] == "network_task_mismatch"
+        assert "fcos_resnet18_fpn" in refused.json()["detail"]
 
 
 def test_a_segmentation_archive_imports_its_masks_and_draws_them(

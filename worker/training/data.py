@@ -41,6 +41,7 @@ class DatasetInfo:
     width: int
     channels: int
     mean: np.ndarray | None  # H x W x C float32, 0..255
+    task: str = "classification"  # or detection, segmentation
 
 
 class Split:
@@ -49,6 +50,11 @@ class Split:
     def __init__(self, reader: store.SplitReader, device: torch.device, num_classes: int) -> None:
         self.reader = reader
         self.device = device
+        if reader.has_boxes or reader.has_masks:
+            # detection and segmentation: a batch's "labels" are its images' indices, by which
+            # their boxes or masks are looked up
+            self.labels = torch.arange(len(reader.labels), dtype=torch.int64, device=device)
+            return
         labels = np.asarray(reader.labels, dtype=np.int64)
         if labels.ndim != 1:
             raise DatasetError(f"{reader.split} labels are not a vector")
@@ -200,14 +206,18 @@ def read_info(dataset_dir: Path) -> DatasetInfo:
         classes = store.read_classes(dataset_dir)
     except (OSError, ValueError) as exc:
         raise DatasetError(f"the dataset's meta.json or labels.txt cannot be read: {exc}") from exc
-    if len(classes) < 2:
-        raise DatasetError(f"the dataset needs at least 2 classes, it has {len(classes)}")
+    task = str(meta.get("task", "classification"))
+    if task not in ("classification", "detection", "segmentation"):
+        raise DatasetError(f"the dataset's task {task!r} is unknown")
+    least = 1 if task == "detection" else 2
+    if len(classes) < least:
+        raise DatasetError(f"the dataset needs at least {least} classes, it has {len(classes)}")
     height, width, channels = (int(d) for d in meta["image_shape"])
     mean_path = dataset_dir / store.MEAN_NPY
     mean = np.load(mean_path).astype(np.float32) if mean_path.is_file() else None
     if mean is not None and mean.shape != (height, width, channels):
         raise DatasetError(f"mean.npy has shape {mean.shape}, not {(height, width, channels)}")
-    return DatasetInfo(classes, height, width, channels, mean)
+    return DatasetInfo(classes, height, width, channels, mean, task)
 
 
 def resident_budget(device: torch.device) -> int:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import torch
@@ -27,10 +27,11 @@ from torch import nn
 
 from shared import storage
 from shared.lr_policy import multiplier
-from shared.networks import CATALOG, NetworkShapeError
-from shared.schemas.jobs import Hyperparameters, LRRangeTest
+from shared.networks import CATALOG, TASK_METRICS, NetworkShapeError
+from shared.schemas.jobs import Hyperparameters, LRRangeTest, ValMetric
 from shared.schemas.work import CheckpointInfo
 from worker.training import checkpoint as ckpt
+from worker.training import dense as dense_tasks
 from worker.training import lr_find
 from worker.training.augment import Preprocess
 from worker.training.data import Batches, DatasetError, Split, epoch_order, open_splits, read_info
@@ -44,7 +45,7 @@ CUSTOM_DEFAULT_BATCH = 64
 CPU_CHANNELS_LAST = True
 LOG_POINTS_PER_EPOCH = 8
 LOWER_IS_BETTER = frozenset({"val.loss"})
-VAL_SERIES = ("val.loss", "val.accuracy", "val.top5")
+VAL_SERIES = get_args(ValMetric)  # the series whose best is kept
 
 Outcome = Literal["done", "stopped", "early_stopped", "pruned"]
 # called after each validation with (step, epoch, values); a reason stops the run (a tuning
@@ -319,6 +320,8 @@ class _Run:
     net: nn.Module | None = None  # what steps call: the model, or its DDP wrapper
     stop_reason: str | None = None
     lr_find: dict[str, Any] | None = None  # the range test's suggestion (kept in checkpoints)
+    task: str = "classification"
+    dense: dense_tasks.DenseTask | None = None  # detection and segmentation's targets, metrics
 
     @property
     def distributed(self) -> bool:
@@ -352,6 +355,34 @@ def _batch_size(network: dict[str, Any], hyper: Hyperparameters) -> int:
     return CUSTOM_DEFAULT_BATCH
 
 
+def _network_name(network: dict[str, Any]) -> str:
+    if network.get("kind", "standard") != "standard":
+        raise TrainingError("detection and segmentation jobs train a standard network")
+    return str(network.get("name"))
+
+
+def _dense_options(hp: Hyperparameters, task: str, reporter: Reporter) -> Hyperparameters:
+    """A detection or segmentation run's options: its own metrics where classification's were
+    asked for, and no classification-only augmentation (the API refuses those; older
+    requests are told here)."""
+    allowed = TASK_METRICS[task]
+    update: dict[str, Any] = {}
+    if hp.best_metric not in allowed:
+        update["best_metric"] = allowed[0]
+    if hp.early_stopping is not None and hp.early_stopping.metric not in allowed:
+        update["early_stopping"] = hp.early_stopping.model_copy(update={"metric": allowed[0]})
+    if hp.crop_size is not None:
+        raise TrainingError(f"crop_size is classification's; {task} crops with aug_scale")
+    ignored = [
+        name
+        for name, off in (("aug_rot", 0.0), ("aug_quad_rot", "none"), ("aug_hsv_use", False))
+        if getattr(hp, name) != off
+    ]
+    if ignored:
+        reporter.log(f"{', '.join(ignored)} apply to classification only; not used")
+    return hp.model_copy(update=update) if update else hp
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -370,6 +401,10 @@ def _setup(spec: TrainSpec, reporter: Reporter) -> _Run:
     info = read_info(spec.dataset_dir)
     height, width, channels = info.height, info.width, info.channels
     num_classes = len(info.classes)
+    task = info.task
+    if task != "classification":
+        hp = _dense_options(hp, task, reporter)
+        spec = dataclasses.replace(spec, hyper=hp)
     if hp.crop_size is not None and hp.crop_size > min(height, width):
         raise TrainingError(f"crop size {hp.crop_size} is larger than the {width}x{height} images")
     in_h, in_w = (hp.crop_size, hp.crop_size) if hp.crop_size else (height, width)
@@ -380,27 +415,48 @@ def _setup(spec: TrainSpec, reporter: Reporter) -> _Run:
 
     _seed_all(seed)
     try:
-        model = build_model(spec.network, num_classes, channels, in_h, in_w)
+        if task == "classification":
+            model = build_model(spec.network, num_classes, channels, in_h, in_w)
+        else:
+            model = dense_tasks.build(_network_name(spec.network), task, num_classes, in_h, in_w)
     except NetworkShapeError as exc:
         raise TrainingError(f"the network does not fit the dataset: {exc}") from exc
     except ValueError as exc:
         raise TrainingError(str(exc)) from exc
     if spec.init_checkpoint is not None:
         try:
-            state = ckpt.model_state(ckpt.load(spec.init_checkpoint))
+            init = ckpt.load(spec.init_checkpoint)
+            state = ckpt.model_state(init)
         except (OSError, RuntimeError, ValueError) as exc:
             raise TrainingError(f"cannot read the checkpoint to start from: {exc}") from exc
-        skipped = load_init_weights(model, state)
-        message = f"initialised from {Path(spec.init_checkpoint).name}; " + (
-            f"{len(skipped)} tensors re-initialised: {', '.join(skipped)}"
-            if skipped
-            else "all tensors loaded"
-        )
+        if task != "classification" and init.get("task", "classification") == "classification":
+            loaded, skipped = dense_tasks.load_backbone(model, state)
+            if not loaded:
+                raise TrainingError(
+                    "the classification checkpoint has no tensor that fits the backbone"
+                )
+            message = (
+                f"backbone initialised from {Path(spec.init_checkpoint).name}: {loaded} "
+                f"tensors loaded, {len(skipped)} of the classifier's left out"
+                + (
+                    f" ({', '.join(skipped[:8])}{', ...' if len(skipped) > 8 else ''})"
+                    if skipped
+                    else ""
+                )
+            )
+        else:
+            skipped = load_init_weights(model, state)
+            message = f"initialised from {Path(spec.init_checkpoint).name}; " + (
+                f"{len(skipped)} tensors re-initialised: {', '.join(skipped)}"
+                if skipped
+                else "all tensors loaded"
+            )
         reporter.log(message)
         log.info("job=%s %s", spec.out_dir.name, message)
 
     cuda = device.type == "cuda"
-    channels_last = use_channels_last(model, device)
+    # detectors take lists of images, and torchvision's heads gain nothing from channels_last
+    channels_last = task == "classification" and use_channels_last(model, device)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -423,13 +479,25 @@ def _setup(spec: TrainSpec, reporter: Reporter) -> _Run:
             if hp.use_mean == "pixel":
                 mean = mean.mean(dim=(1, 2), keepdim=True)
     preprocess = Preprocess(hp, mean, channels, height, width, channels_last)
+    dense = None
+    if task != "classification":
+        dense = dense_tasks.DenseTask(
+            task,
+            info.classes,
+            hp,
+            train_split.reader,
+            val_split.reader if val_split is not None else None,
+            device,
+            height,
+            width,
+        )
 
     batch_size = _batch_size(spec.network, hp)
     accumulation = hp.batch_accumulation
     train_iter = math.ceil(len(train_split) / (batch_size * accumulation))
     total = train_iter * hp.epochs
     hp, found_lr = _range_test(
-        spec, reporter, model, train_split, preprocess, batch_size, amp_dtype
+        spec, reporter, model, train_split, preprocess, batch_size, amp_dtype, dense
     )
     spec = dataclasses.replace(spec, hyper=hp)
     optimizer = make_optimizer(model, hp, device)
@@ -467,6 +535,8 @@ def _setup(spec: TrainSpec, reporter: Reporter) -> _Run:
         tracker=_Tracker(hp.best_metric, early),
         loss_buf=torch.zeros(log_interval, dtype=torch.float32, device=device),
         lr_find=found_lr,
+        task=task,
+        dense=dense,
     )
     run.net = model
     if spec.world_size > 1:
@@ -490,6 +560,7 @@ def _range_test(
     preprocess: Preprocess,
     batch_size: int,
     amp_dtype: torch.dtype | None,
+    dense: dense_tasks.DenseTask | None = None,
 ) -> tuple[Hyperparameters, dict[str, Any] | None]:
     """Run the LR range test when asked (or for learning_rate auto): its curve and suggestion
     become metrics, and auto trains at the suggestion. A resumed run keeps the first one."""
@@ -519,6 +590,8 @@ def _range_test(
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with _autocast(device, amp_dtype):
+            if dense is not None:
+                return dense.loss(model, images, labels, gen).float()
             return F.cross_entropy(model(preprocess.train(images, gen)), labels).float()
 
     t0 = time.perf_counter()
@@ -610,6 +683,7 @@ def _checkpoint_dict(run: _Run) -> dict[str, Any]:
             "images": run.log_images,
         },
         "network": run.spec.network,
+        "task": run.task,
         "classes": list(run.classes),
         "image_shape": list(run.image_shape),
         "input_shape": [run.image_shape[2], *run.preprocess.out_size],
@@ -681,24 +755,32 @@ def _validate(run: _Run) -> tuple[bool, bool]:
     assert run.val_split is not None
     t0 = time.perf_counter()
     run.sync()
-    values = evaluate(
-        run.model,
-        run.val_split,
-        run.preprocess,
-        run.batch_size * 2,
-        len(run.classes),
-        run.amp_dtype,
-    )
+    if run.dense is not None:
+        values = run.dense.evaluate(
+            run.model,
+            run.val_split,
+            run.batch_size * 2,
+            run.amp_dtype,
+            lambda: _autocast(run.device, run.amp_dtype),
+        )
+    else:
+        values = evaluate(
+            run.model,
+            run.val_split,
+            run.preprocess,
+            run.batch_size * 2,
+            len(run.classes),
+            run.amp_dtype,
+        )
     is_best, stop = run.tracker.validation(values)
     run.reporter.metrics(run.step, run.epoch, {**values, "epoch": run.epoch})
     run.reporter.progress(run.epoch, run.step, run.total)
     log.info(
-        "job=%s step %d epoch %.2f val.loss %.4f val.accuracy %.4f",
+        "job=%s step %d epoch %.2f %s",
         run.spec.out_dir.name,
         run.step,
         run.epoch,
-        values["val.loss"],
-        values["val.accuracy"],
+        " ".join(f"{k} {values[k]:.4f}" for k in TASK_METRICS[run.task] if k in values),
     )
     reason = None
     if run.spec.on_validation is not None and run.spec.rank == 0:
@@ -787,6 +869,7 @@ def train_one_epoch(run: _Run, epoch: int) -> Outcome | None:
     weight = 1.0 / accumulation
     use_scaler = scaler.is_enabled()
     step_images = run.batch_size * accumulation
+    dense = run.dense
     model.train()
     batches = _micro_batches(run, epoch, first)
     try:
@@ -798,9 +881,13 @@ def train_one_epoch(run: _Run, epoch: int) -> Outcome | None:
             slot = run.loss_buf[run.log_count]
             for _ in range(accumulation):
                 images, labels = next(batches)
-                x = preprocess.train(images, gen)
-                with _autocast(run.device, run.amp_dtype):
-                    loss = F.cross_entropy(net(x), labels)
+                if dense is not None:  # labels are image indices: the boxes or masks' keys
+                    with _autocast(run.device, run.amp_dtype):
+                        loss = dense.loss(net, images, labels, gen)
+                else:
+                    x = preprocess.train(images, gen)
+                    with _autocast(run.device, run.amp_dtype):
+                        loss = F.cross_entropy(net(x), labels)
                 slot.add_(loss.detach(), alpha=weight)
                 if accumulation > 1:
                     loss = loss * weight
@@ -808,6 +895,10 @@ def train_one_epoch(run: _Run, epoch: int) -> Outcome | None:
                     scaler.scale(loss).backward()
                 else:
                     loss.backward()
+            if dense is not None:
+                if use_scaler:
+                    scaler.unscale_(optimizer)
+                dense_tasks.clip_gradients(model)
             if use_scaler:
                 scaler.step(optimizer)
                 scaler.update()
