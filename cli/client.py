@@ -508,13 +508,57 @@ def _on_event(kind: str, data: dict[str, Any], state: dict[str, Any], bar: Any, 
 # -- models and fleet ---------------------------------------------------------------------------
 
 
-def classify(api: Api, args: argparse.Namespace) -> int:
+def _image_files(names: list[str]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """The images of a command line as multipart files (a missing one: exit 2)."""
     files = []
-    for name in args.images:
+    for name in names:
         path = Path(name)
         if not path.is_file():
             _fail(f"{path} is not a file", EXIT_USAGE)
         files.append(("images", (path.name, path.read_bytes(), "application/octet-stream")))
+    return files
+
+
+def predict(api: Api, args: argparse.Namespace) -> int:
+    files = _image_files(args.images)
+    body = api.request(
+        "POST",
+        f"/jobs/{args.job}/predict",
+        files=files,
+        data={"checkpoint": args.checkpoint, "threshold": repr(args.threshold)},
+    ).json()
+    if args.save_overlays:
+        import base64
+
+        out = Path(args.save_overlays)
+        out.mkdir(parents=True, exist_ok=True)
+        for p in body["predictions"]:
+            if p.get("overlay_png"):
+                (out / f"{Path(p['filename']).stem}.png").write_bytes(
+                    base64.b64decode(p["overlay_png"])
+                )
+    if args.json:
+        _print_json(body)
+        return 0
+    rows: list[list[str]] = []
+    for p in body["predictions"]:
+        if p.get("error"):
+            rows.append([p["filename"], "error", p["error"]])
+        for b in p.get("boxes") or []:
+            box = ", ".join(f"{v:.0f}" for v in b["box"])
+            rows.append([p["filename"], b["label"], f"{100 * b['score']:.1f}% at {box}"])
+        for a in p.get("areas") or []:
+            rows.append([p["filename"], a["label"], f"{100 * a['fraction']:.1f}% of the image"])
+    _table(
+        ["image", "label", "score / area"],
+        rows,
+        title=f"{body['task']}, checkpoint {body['checkpoint']}, {body['milliseconds']:.1f} ms",
+    )
+    return 0
+
+
+def classify(api: Api, args: argparse.Namespace) -> int:
+    files = _image_files(args.images)
     resp = api.request(
         "POST",
         f"/jobs/{args.job}/classify",
@@ -754,6 +798,14 @@ def add_client_commands(sub: Any) -> None:
     jclone.add_argument("--name")
     _hyper_args(jclone)
     jclone.set_defaults(client=jobs_clone)
+
+    pr = client_parser("predict", help="boxes or masks from a detection or segmentation job")
+    pr.add_argument("job")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--checkpoint", default="best")
+    pr.add_argument("--threshold", type=float, default=0.5, help="detection: lowest score")
+    pr.add_argument("--save-overlays", metavar="DIR", help="write each drawing here as PNG")
+    pr.set_defaults(client=predict)
 
     cl = client_parser("classify", help="classify images with a trained job's model")
     cl.add_argument("job")

@@ -170,6 +170,8 @@ def run_evaluation(running: lifecycle.Running) -> lifecycle.Outcome:
     request = running.row.request
     folder = _inputs(running.id)
     folder.mkdir(parents=True, exist_ok=True)
+    if request.get("task", "classification") != "classification":
+        return _evaluate_dense(running, folder)
     model = inference.load_checkpoint(_checkpoint_path(running), "cpu")
     running.check()
     split = request.get("split", "val")
@@ -229,6 +231,52 @@ def run_evaluation(running: lifecycle.Running) -> lifecycle.Outcome:
                 "eval.top5": {"value": result["top5"], **point},
             }
         },
+    )
+
+
+def _evaluate_dense(running: lifecycle.Running, folder: Path) -> lifecycle.Outcome:
+    """mAP and per-class AP with PR curves, or IoU per class, on a stored split."""
+    import torch
+
+    from worker.training import dense, predict
+    from worker.training.inference import ModelFileError
+
+    ctx = context.get()
+    request = running.row.request
+    try:
+        model = predict.load(_checkpoint_path(running), "cpu")
+    except ModelFileError as exc:
+        return lifecycle.Outcome(Status.ERROR, str(exc))
+    running.check()
+    split = request.get("split", "val")
+    dataset_id = request["dataset_id"]
+    dataset_dir = artifacts.local_dataset(ctx.settings, uuid.UUID(dataset_id))
+    if dataset_store.read_classes(dataset_dir) != model.classes:
+        return lifecycle.Outcome(Status.ERROR, "the data's classes are not the model's")
+    reader = dataset_store.open_split(dataset_dir, split)
+    if reader.shape != (model.height, model.width, model.channels):
+        return lifecycle.Outcome(Status.ERROR, "the data's images are not the model's size")
+    result = dense.evaluate_split(
+        model.model,
+        model.task,
+        model.classes,
+        reader,
+        torch.device("cpu"),
+        progress=lambda done, total: _progress(running, done, total),
+    )
+    result.update(
+        task=model.task,
+        checkpoint=request["checkpoint"],
+        dataset_id=dataset_id,
+        split=split,
+        classes=model.classes,
+    )
+    storage.atomic_write(folder / "evaluation.json", json.dumps(result).encode())
+    _store_results(running.id, folder, ["evaluation.json"])
+    point = {"step": 0, "epoch": 0.0}
+    return lifecycle.Outcome(
+        Status.DONE,
+        values={"last": {f"eval.{k}": {"value": v, **point} for k, v in result["metrics"].items()}},
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import io
 import logging
 import os
 import re
@@ -36,7 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import artifacts
+from shared import artifacts, images, overlays
 from shared.models.enums import ResizeMode
 from shared.schemas.models import (
     ExportReport,
@@ -48,7 +49,7 @@ from shared.schemas.models import (
 )
 from shared.settings import Settings
 from worker.training import explain as explaining
-from worker.training import inference, layers, quantize
+from worker.training import inference, layers, predict, quantize
 
 log = logging.getLogger("digits.model_server")
 
@@ -88,20 +89,28 @@ class ModelCache:
         self.size = size
         self.device = device
         self.limits = limits
-        self._items: OrderedDict[tuple[str, int], inference.LoadedModel] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int], Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, path: Path) -> inference.LoadedModel:
+        return self._get(path, self._load)  # type: ignore[no-any-return]
+
+    def get_dense(self, path: Path) -> predict.DenseModel:
+        """A detection or segmentation checkpoint."""
+        return self._get(path, lambda p: predict.load(p, self.device))  # type: ignore[no-any-return]
+
+    def _load(self, path: Path) -> inference.LoadedModel:
+        if path.is_dir():
+            return inference.load_model_dir(path, self.device, self.limits)[0]
+        return inference.load_checkpoint(path, self.device)
+
+    def _get(self, path: Path, loader: Callable[[Path], Any]) -> Any:
         key = (str(path), path.stat().st_mtime_ns)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        model = (
-            inference.load_model_dir(path, self.device, self.limits)[0]
-            if path.is_dir()
-            else inference.load_checkpoint(path, self.device)
-        )
+        model = loader(path)
         with self._lock:
             self._items[key] = model
             while len(self._items) > self.size:
@@ -328,14 +337,33 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 artifacts.discard_scratch(out, scratch)
 
         def write(model_path: Path, out: Path) -> dict[str, Any]:
+            if model_path.is_file() and predict.task_of(model_path) != "classification":
+                if body.exports:
+                    raise ServiceError(
+                        400,
+                        "unsupported_task",
+                        "detection and segmentation models export no TorchScript or ONNX yet",
+                    )
+                try:
+                    dense_model = predict.load(model_path, "cpu")
+                except inference.ModelFileError as exc:
+                    raise _unavailable(exc) from None
+                return packed(
+                    out,
+                    lambda folder: predict.write_model_dir(
+                        dense_model,
+                        folder,
+                        name=body.name,
+                        resize_mode=body.resize_mode.value,
+                        checkpoint=body.checkpoint.model_dump(mode="json"),
+                    ),
+                )
             try:
                 model = load_fresh(model_path, limits)  # moved between devices: not the cached one
             except (inference.ModelFileError, FileNotFoundError, NotADirectoryError) as exc:
                 raise _unavailable(exc) from None
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-                folder = Path(tmp) / "model"
-                folder.mkdir()
+
+            def fill(folder: Path) -> None:
                 try:
                     write_model_dir(
                         model,
@@ -350,6 +378,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     raise ServiceError(409, "model_unavailable", str(exc)) from None
                 except quantize.EdgeExportError as exc:
                     raise ServiceError(409, "dataset_unavailable", str(exc)) from None
+
+            return packed(out, fill)
+
+        def packed(out: Path, fill: Callable[[Path], Any]) -> dict[str, Any]:
+            """A model folder filled by `fill`, archived at `out` and published."""
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+                folder = Path(tmp) / "model"
+                folder.mkdir()
+                fill(folder)
                 pack(folder, out, body.format)
             size = out.stat().st_size
             artifacts.publish(store, body.out, out)
@@ -555,6 +593,114 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await run_in_threadpool(layer_images, model_path, resize_mode, k, name, data)
         )
 
+    def predict_form(form: FormData) -> tuple[Path, ResizeMode, float, list[UploadFile]]:
+        model_path, resize_mode, _k, uploads = classify_form(form)
+        raw = form_text(form, "threshold", "0.5")
+        try:
+            threshold = float(raw) if len(raw) <= 32 else float("nan")
+        except ValueError:
+            threshold = float("nan")
+        if not 0.0 <= threshold <= 1.0:  # NaN fails both
+            raise ServiceError(400, "bad_request", "threshold must be a number from 0 to 1")
+        return model_path, resize_mode, threshold, uploads
+
+    def predict_images(
+        model_path: Path,
+        resize_mode: ResizeMode,
+        threshold: float,
+        payload: list[tuple[str, bytes]],
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            model = cache.get_dense(model_path)
+        except (inference.ModelFileError, FileNotFoundError, NotADirectoryError) as exc:
+            raise _unavailable(exc) from None
+        rows: list[dict[str, Any]] = []
+        arrays: list[np.ndarray] = []
+        places: list[tuple[int, int, tuple[float, float, float, float]]] = []
+        for name, data in payload:
+            try:
+                img = images.decode(data, max_pixels=settings.max_image_pixels)
+                arr = images.prepare(
+                    img,
+                    model.width,
+                    model.height,
+                    model.channels,
+                    resize_mode.value,
+                    np.random.default_rng(0),
+                )
+            except images.ImageError as exc:
+                rows.append({"filename": name, "error": clean(f"{_label(name)}: {exc.message}")})
+                continue
+            except Exception as exc:
+                log.warning("image %s not converted: %s", _label(name), type(exc).__name__)
+                rows.append({"filename": name, "error": f"{_label(name)}: cannot be converted"})
+                continue
+            geometry = images.geometry(
+                img.width, img.height, model.width, model.height, resize_mode.value
+            )
+            places.append((len(rows), len(arrays), geometry))
+            rows.append({"filename": name, "width": img.width, "height": img.height})
+            arrays.append(arr)
+        if not arrays:
+            raise ServiceError(400, "invalid_image", rows[0]["error"])
+        batch = np.stack(arrays)
+        if model.task == "detection":
+            found = model.detect(batch, threshold)
+            for row_i, arr_i, (sx, sy, dx, dy) in places:
+                boxes = found[arr_i]
+                for box in boxes:  # back onto the uploaded image
+                    x0, y0, x1, y1 = box["box"]
+                    box["box"] = [
+                        round(max(0.0, min(rows[row_i]["width"], (x0 - dx) / sx)), 2),
+                        round(max(0.0, min(rows[row_i]["height"], (y0 - dy) / sy)), 2),
+                        round(max(0.0, min(rows[row_i]["width"], (x1 - dx) / sx)), 2),
+                        round(max(0.0, min(rows[row_i]["height"], (y1 - dy) / sy)), 2),
+                    ]
+                    box["stored_box"] = [x0, y0, x1, y1]
+                stored = np.array([b["stored_box"] for b in boxes], dtype=np.float32).reshape(-1, 4)
+                rows[row_i]["boxes"] = boxes
+                rows[row_i]["overlay_png"] = base64.b64encode(
+                    overlays.boxes_png(
+                        arrays[arr_i],
+                        stored,
+                        np.array([b["class_id"] for b in boxes], dtype=np.int64),
+                        model.classes,
+                        scores=np.array([b["score"] for b in boxes], dtype=np.float32),
+                    )
+                ).decode("ascii")
+        else:
+            masks = model.segment(batch)
+            for row_i, arr_i, _geometry in places:
+                mask = masks[arr_i]
+                rows[row_i]["areas"] = predict.class_areas(mask, model.classes)
+                rows[row_i]["mask_png"] = base64.b64encode(store_png(mask)).decode("ascii")
+                rows[row_i]["overlay_png"] = base64.b64encode(
+                    overlays.mask_png(arrays[arr_i], mask)
+                ).decode("ascii")
+        return {
+            "task": model.task,
+            "classes": model.classes,
+            "threshold": threshold,
+            "predictions": rows,
+            "device": str(model.device),
+            "milliseconds": round((time.perf_counter() - started) * 1000, 3),
+        }
+
+    @guarded
+    async def predict_route(request: Request) -> Response:
+        form = await read_form(request)
+        try:
+            model_path, resize_mode, threshold, uploads = await run_in_threadpool(
+                predict_form, form
+            )
+            payload = [(f.filename or f"image-{i}", await f.read()) for i, f in enumerate(uploads)]
+        finally:
+            await form.close()
+        return JSONResponse(
+            await run_in_threadpool(predict_images, model_path, resize_mode, threshold, payload)
+        )
+
     @guarded
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok", "device": device, "torch": torch.__version__})
@@ -568,6 +714,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             Route("/health", health),
             Route("/classify", classify, methods=["POST"]),
+            Route("/predict", predict_route, methods=["POST"]),
             Route("/export", export, methods=["POST"]),
             Route("/pretrained", pretrained, methods=["POST"]),
             Route("/explain", explain, methods=["POST"]),
@@ -610,6 +757,15 @@ class AnswerEveryFailure:
                     500, "model_service_error", "the model service failed on this request"
                 )
                 await response(scope, receive, send)
+
+
+def store_png(mask: np.ndarray) -> bytes:
+    """A class-index mask as a greyscale PNG whose values are the class ids."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(mask, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def load_fresh(

@@ -121,6 +121,7 @@ def explain(
     """A few images are answered directly; more (or an archive) make an explain job."""
     job = jobs_service.get_job(session, job_id, user)
     ckpt = models_service.resolve_checkpoint(session, job, form.checkpoint)
+    models_service.require_classification(session, job, "explain")
     resize_mode = models_service.resize_mode_of(session, job)
     _check_target(session, job.dataset_id, form.target)
     images = [f for f in form.images if f.filename or f.size]

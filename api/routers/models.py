@@ -27,8 +27,10 @@ from shared.schemas.models import (
     CellImage,
     CellImages,
     ClassifyResult,
+    DenseEvaluationResults,
     EvaluationResults,
     InferenceResults,
+    PredictResult,
     PretrainedModelRead,
     ToPretrained,
 )
@@ -94,6 +96,32 @@ class ClassifyForm(BaseModel):
     )
 
 
+class PredictForm(BaseModel):
+    """Images to detect objects in or segment (multipart/form-data)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[UploadFile] = Field(default_factory=list, description="One or more images")
+    checkpoint: str = Field(default="best", description="best, last, or an epoch number")
+    threshold: float = Field(
+        default=0.5, ge=0, le=1, description="Detection: the lowest score of a box returned"
+    )
+
+
+def _forwarded(images: list[UploadFile]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """Uploaded images as the model service's multipart files."""
+    files = []
+    for i, f in enumerate(images):
+        f.file.seek(0)
+        files.append(
+            (
+                "images",
+                (_safe_name(f.filename, f"image-{i}"), f.file.read(), "application/octet-stream"),
+            )
+        )
+    return files
+
+
 def _save(upload: UploadFile, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     upload.file.seek(0)
@@ -146,6 +174,7 @@ def classify(
     """A few images are answered directly; many images or an archive make an inference job."""
     job = jobs_service.get_job(session, job_id, user)
     ckpt = models_service.resolve_checkpoint(session, job, form.checkpoint)
+    models_service.require_classification(session, job, "classify")
     resize_mode = models_service.resize_mode_of(session, job)
     images = [f for f in form.images if f.filename or f.size]
     if not images and form.archive is None:
@@ -182,19 +211,7 @@ def classify(
             artifacts.remove_job(settings, infer.id)
             raise
         return JSONResponse(read.model_dump(mode="json"), status_code=202)
-    files = []
-    for i, f in enumerate(images):
-        f.file.seek(0)
-        files.append(
-            (
-                "images",
-                (
-                    _safe_name(f.filename, f"image-{i}"),
-                    f.file.read(),
-                    "application/octet-stream",
-                ),
-            )
-        )
+    files = _forwarded(images)
     body = _model_server(
         request,
         "POST",
@@ -208,6 +225,60 @@ def classify(
         predictions=body["predictions"],
         milliseconds=body["milliseconds"],
         layers=body.get("layers"),
+    )
+
+
+@router.post(
+    "/jobs/{job_id}/predict",
+    operation_id="predict_images",
+    summary="Detect objects in or segment images with a trained model",
+    response_model=PredictResult,
+    responses={**PROBLEM_RESPONSES, 503: {"model": Problem}},
+    openapi_extra=_multipart("PredictForm"),
+)
+def predict(
+    job_id: uuid.UUID,
+    form: Annotated[PredictForm, Form(media_type="multipart/form-data")],
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: CurrentUser,
+) -> Any:
+    """Boxes ({label, score, box}) above the threshold, or a class mask with per-class areas,
+    for each image, with the prediction drawn; answered by the model service."""
+    job = jobs_service.get_job(session, job_id, user)
+    ckpt = models_service.resolve_checkpoint(session, job, form.checkpoint)
+    task = models_service.job_task(session, job)
+    if task == "classification":
+        raise InvalidInput(
+            f"job {job.id} trained a classifier: use POST /jobs/{job.id}/classify",
+            code="unsupported_task",
+        )
+    images = [f for f in form.images if f.filename or f.size]
+    if not images:
+        raise InvalidInput("send one or more `images`", code="no_images")
+    if len(images) > settings.classify_max_images:
+        raise InvalidInput(
+            f"at most {settings.classify_max_images} images per request "
+            "(DIGITS_CLASSIFY_MAX_IMAGES)",
+            code="too_many_images",
+        )
+    files = _forwarded(images)
+    body = _model_server(
+        request,
+        "POST",
+        "/predict",
+        data={
+            "model": ckpt.path,
+            "resize_mode": models_service.resize_mode_of(session, job),
+            "threshold": repr(float(form.threshold)),
+        },
+        files=files,
+    )
+    return PredictResult(
+        job_id=job.id,
+        checkpoint=ckpt.name,
+        **{k: body[k] for k in ("task", "classes", "threshold", "predictions", "milliseconds")},
     )
 
 
@@ -228,7 +299,7 @@ def _result(settings: Settings, job_id: uuid.UUID, name: str) -> bytes:
     "/jobs/{job_id}/results",
     operation_id="get_job_results",
     summary="Results of an inference or evaluation job",
-    response_model=InferenceResults | EvaluationResults,
+    response_model=InferenceResults | EvaluationResults | DenseEvaluationResults,
     responses={
         200: {"content": {"text/csv": {}}},
         404: {"model": Problem},
@@ -257,6 +328,8 @@ def get_results(
         )
     if job.kind == JobKind.EVALUATE:
         data = json.loads(_result(settings, job.id, "evaluation.json"))
+        if data.get("task") in ("detection", "segmentation"):
+            return DenseEvaluationResults.model_validate(data)
         return EvaluationResults.model_validate(data)
     rows = [
         json.loads(line)
@@ -383,14 +456,23 @@ def evaluate(
     """Top-1/top-5, confusion matrix, per-class precision and recall, top-N images (a job)."""
     job = jobs_service.get_job(session, job_id, user)
     ckpt = models_service.resolve_checkpoint(session, job, form.checkpoint)
+    task = models_service.job_task(session, job)
+    if task != "classification" and form.archive is not None:
+        raise InvalidInput(
+            f"a {task} model is evaluated on a dataset's split (dataset_id, split), not an archive",
+            code="unsupported_task",
+        )
     request: dict[str, Any] = {
         "checkpoint": ckpt.name,
         "split": form.split,
         "top_n": form.top_n,
         "resize_mode": models_service.resize_mode_of(session, job),
+        "task": task,
     }
     if form.archive is None:
-        dataset = models_service.evaluation_dataset(session, job, form.dataset_id, form.split, user)
+        dataset = models_service.evaluation_dataset(
+            session, job, form.dataset_id, form.split, user, task
+        )
         request["dataset_id"] = str(dataset.id)
     evaluation = models_service.create_model_job(
         session, JobKind.EVALUATE, job, user, request, name=f"evaluate {job.name}"
@@ -449,6 +531,8 @@ def download(
     job = jobs_service.get_job(session, job_id, user)
     ckpt = models_service.resolve_checkpoint(session, job, checkpoint)
     exports = sorted({e.strip() for e in (export or "").split(",") if e.strip()})
+    if exports:
+        models_service.require_classification(session, job, "export")
     unknown = [e for e in exports if e not in EXPORTS]
     if unknown:
         raise InvalidInput(
@@ -521,6 +605,7 @@ def job_to_pretrained(
     body = body or ToPretrained()
     job = jobs_service.get_job(session, job_id, user)
     ckpt = models_service.resolve_checkpoint(session, job, body.checkpoint)
+    models_service.require_classification(session, job, "a pretrained model")
     model_id = uuid.uuid4()
     name = body.name or f"{job.name} ({ckpt.name})"
     try:

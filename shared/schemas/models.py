@@ -94,6 +94,60 @@ class ClassifyResult(BaseModel):
     )
 
 
+class DetectedBox(BaseModel):
+    """One detection above the threshold."""
+
+    label: str
+    class_id: int
+    score: float
+    box: list[float] = Field(description="x0, y0, x1, y1 in the uploaded image's pixels")
+    stored_box: list[float] = Field(
+        description="The same box at the training size (where overlay_png draws it)"
+    )
+
+
+class ClassArea(BaseModel):
+    """How much of an image a segmentation gave one class."""
+
+    label: str
+    class_id: int
+    pixels: int = Field(description="At the training size")
+    fraction: float
+
+
+class ImagePrediction(BaseModel):
+    """A detector's boxes or a segmenter's mask for one image."""
+
+    filename: str
+    width: int | None = Field(default=None, description="The uploaded image's size")
+    height: int | None = None
+    boxes: list[DetectedBox] | None = Field(default=None, description="Detection, best first")
+    areas: list[ClassArea] | None = Field(default=None, description="Segmentation")
+    mask_png: str | None = Field(
+        default=None,
+        description="Segmentation: base64 greyscale PNG at the training size, each pixel its "
+        "class id",
+    )
+    overlay_png: str | None = Field(
+        default=None,
+        description="Base64 PNG: the image at the training size with the "
+        "prediction drawn (boxes named, or the mask blended)",
+    )
+    error: str | None = None
+
+
+class PredictResult(BaseModel):
+    """Interactive detection or segmentation (answered directly)."""
+
+    job_id: uuid.UUID
+    checkpoint: str
+    task: Literal["detection", "segmentation"]
+    classes: list[str]
+    threshold: float
+    predictions: list[ImagePrediction]
+    milliseconds: float = Field(description="Time the model service spent")
+
+
 ExplainMethod = Literal["gradcam", "gradcampp", "layercam", "integrated_gradients", "occlusion"]
 
 
@@ -183,6 +237,42 @@ class EvaluationResults(BaseModel):
     confusion_matrix: list[list[int]] = Field(description="rows: true class, columns: predicted")
     per_class: list[ClassMetrics]
     top_images: dict[str, list[TopImage]]
+
+
+class DenseClassMetrics(BaseModel):
+    """One class of a detection or segmentation evaluation."""
+
+    label: str
+    objects: int | None = Field(default=None, description="Detection: boxes in the data")
+    ap: float | None = Field(default=None, description="Detection: AP over IoU 0.5:0.95 (COCO)")
+    ap_50: float | None = Field(default=None, description="Detection: AP at IoU 0.5")
+    recall_50: float | None = Field(
+        default=None, description="Detection: the share of boxes found at IoU 0.5 (100 a picture)"
+    )
+    pr_curve: dict[str, list[float]] | None = Field(
+        default=None,
+        description="Detection, IoU 0.5: precision at 101 recall points (COCO's interpolation)",
+    )
+    iou: float | None = Field(default=None, description="Segmentation: IoU of the class")
+    pixels: int | None = Field(default=None, description="Segmentation: its pixels in the data")
+
+
+class DenseEvaluationResults(BaseModel):
+    """What a detection or segmentation evaluation job measured."""
+
+    task: Literal["detection", "segmentation"]
+    checkpoint: str
+    dataset_id: uuid.UUID | None
+    split: str
+    images: int
+    classes: list[str]
+    metrics: dict[str, float] = Field(
+        description="map, map_50, map_75 (detection); miou, pixel_accuracy, loss (segmentation)"
+    )
+    per_class: list[DenseClassMetrics]
+    confusion_matrix: list[list[int]] | None = Field(
+        default=None, description="Segmentation, in pixels: rows true class, columns predicted"
+    )
 
 
 class PretrainedModelRead(BaseModel):

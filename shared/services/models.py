@@ -58,6 +58,26 @@ def resolve_checkpoint(session: Session, job: Job, raw: str | int | None) -> Che
     return row
 
 
+def job_task(session: Session, job: Job) -> str:
+    """What a training job's model does: classification, detection or segmentation."""
+    task = (job.request or {}).get("task")
+    if task:
+        return str(task)
+    dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+    return str(dataset.task) if dataset is not None and dataset.task else "classification"
+
+
+def require_classification(session: Session, job: Job, action: str) -> None:
+    """A 400 for what only classification models do yet (classify, explain, evaluate, ...)."""
+    task = job_task(session, job)
+    if task != "classification":
+        raise InvalidInput(
+            f"job {job.id} trained a {task} model; {action} is for classification models so "
+            f"far: use POST /jobs/{job.id}/predict",
+            code="unsupported_task",
+        )
+
+
 def resize_mode_of(session: Session, job: Job) -> str:
     """The resize mode of the job's dataset (what classify must apply)."""
     dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
@@ -85,14 +105,24 @@ def create_model_job(
 
 
 def evaluation_dataset(
-    session: Session, job: Job, dataset_id: uuid.UUID | None, split: str, user: User
+    session: Session,
+    job: Job,
+    dataset_id: uuid.UUID | None,
+    split: str,
+    user: User,
+    task: str = "classification",
 ) -> Dataset:
-    """The dataset to evaluate a job on: ready, with the split, the job's image shape and no
-    class the model does not know (refused now, not after queueing)."""
+    """The dataset to evaluate a job on: ready, of the model's task, with the split, the job's
+    image shape and no class the model does not know (refused now, not after queueing)."""
     target = dataset_id or job.dataset_id
     if target is None:
         raise InvalidInput("this job has no dataset; give dataset_id", code="no_dataset")
-    dataset = datasets_service.get_classification_dataset(session, target, user)
+    dataset = datasets_service.get_ready_dataset(session, target, user)
+    if (dataset.task or "classification") != task:
+        raise InvalidInput(
+            f"dataset {dataset.id} is a {dataset.task} dataset; the model does {task}",
+            code="dataset_task_mismatch",
+        )
     own = session.get(Dataset, job.dataset_id) if job.dataset_id else None
     if not sum((dataset.counts or {}).get(split, [])):
         raise InvalidInput(f"dataset {dataset.id} has no {split} images", code="empty_split")
@@ -106,6 +136,12 @@ def evaluation_dataset(
                 code="dataset_shape_mismatch",
             )
         unknown = [c for c in dataset.classes or [] if c not in (own.classes or [])]
+        if task != "classification" and list(dataset.classes or []) != list(own.classes or []):
+            raise InvalidInput(
+                f"dataset {dataset.id}'s classes are not the model's, in its order "
+                f"({', '.join((own.classes or [])[:5])})",
+                code="dataset_classes_mismatch",
+            )
         if unknown:
             raise InvalidInput(
                 f"dataset {dataset.id} has classes the model does not know: {unknown[:5]}",

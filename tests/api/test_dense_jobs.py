@@ -1,0 +1,351 @@
+"""Detection and segmentation jobs through the API and a real worker (PostgreSQL, Redis,
+Celery, torch): training with the task's metrics, a training child killed mid-run resuming
+with one metric point per step, predictions, and what is refused."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import signal
+import tarfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import shapes
+from tests.api.test_cli import run
+from tests.support import LENET, Stack, post_dataset, training_child, wait_for, zip_folder
+
+SIZE = 48
+SAMPLES = shapes.render(32, SIZE, SIZE, seed=21)
+
+
+def _upload(stack: Stack, tmp_path: Path, name: str, task: str) -> dict:
+    folder = tmp_path / name
+    (shapes.write_voc if task == "detection" else shapes.write_masks)(folder, SAMPLES)
+    archive = zip_folder(folder, tmp_path / f"{name}.zip", prefix=f"{name}/")
+    with stack.client() as client:
+        resp = post_dataset(
+            client,
+            {
+                "name": name,
+                "task": task,
+                "image_width": SIZE,
+                "image_height": SIZE,
+                "val_pct": 25,
+                "seed": 2,
+            },
+            {"archive": (archive.name, archive.read_bytes())},
+        )
+        assert resp.status_code == 202, resp.text
+        ds = wait_for(client, f"/datasets/{resp.json()['id']}", timeout=120)
+    assert ds["status"] == "done", ds["error"]
+    return ds
+
+
+@pytest.fixture(scope="module")
+def boxes(pg_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _upload(pg_stack, tmp_path_factory.mktemp("det"), "dense-voc", "detection")
+
+
+@pytest.fixture(scope="module")
+def masks(pg_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _upload(pg_stack, tmp_path_factory.mktemp("seg"), "dense-seg", "segmentation")
+
+
+def _job(client: httpx.Client, dataset: dict, network: str, **hyper: Any) -> httpx.Response:
+    return client.post(
+        "/jobs",
+        json={
+            "dataset_id": dataset["id"],
+            "name": f"{network} on {dataset['name']}",
+            "network": network,
+            "recipe": "recommended",
+            "hyperparameters": {"batch_size": 4, "seed": 3, **hyper},
+        },
+    )
+
+
+def _points(client: httpx.Client, job_id: str, names: str) -> list[dict]:
+    return client.get(f"/jobs/{job_id}/metrics", params={"names": names}).json()["items"]
+
+
+def _png(data: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
+
+
+def _upload_image(i: int, scale: int = 2) -> tuple[str, bytes, str]:
+    """A held-out image at twice the training size (boxes must come back in its pixels)."""
+    img = SAMPLES[i].image.resize((SIZE * scale, SIZE * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return (f"held-{i}.png", buf.getvalue(), "image/png")
+
+
+def test_a_detector_killed_mid_training_resumes_and_predicts_boxes(
+    pg_stack: Stack, boxes: dict
+) -> None:
+    epochs = 5
+    with pg_stack.client() as client:
+        resp = _job(client, boxes, "fcos_resnet18_fpn", epochs=epochs, log_interval=1)
+        assert resp.status_code == 202, resp.text
+        job = resp.json()["jobs"][0]
+        # left at classification's defaults, the job follows its own task's metric
+        assert job["request"]["hyperparameters"]["best_metric"] == "val.map"
+        assert job["request"]["task"] == "detection"
+        job_id = job["id"]
+        deadline = time.monotonic() + 180
+        while not any(
+            c["name"] == "epoch-1" for c in client.get(f"/jobs/{job_id}/checkpoints").json()
+        ):
+            assert time.monotonic() < deadline, client.get(f"/jobs/{job_id}").json()
+            time.sleep(0.2)
+        worker = next(w for w in client.get("/workers").json() if w["name"] == "train-test-1")
+        training_child(worker["pid"], job_id).send_signal(signal.SIGKILL)
+        final = wait_for(client, f"/jobs/{job_id}", timeout=300)
+        assert final["status"] == "done", final["error"]
+        assert final["attempts"] == 2
+        train = [p["step"] for p in _points(client, job_id, "train.loss")]
+        assert train == list(range(1, final["total_steps"] + 1)), "one point per step"
+        val = _points(client, job_id, "val.map,val.map_50,val.map_75")
+        assert sorted({p["epoch"] for p in val}) == [float(e) for e in range(1, epochs + 1)]
+        assert all(0.0 <= p["value"] <= 1.0 for p in val)
+        per_class = {p["name"] for p in _points(client, job_id, "")} & {
+            f"val.ap.{c}" for c in shapes.CLASSES
+        }
+        assert per_class, "per-class AP series"
+        assert "val.map" in final["best"]
+
+        held = [_upload_image(i) for i in (0, 1)] + [("bad.png", b"not an image", "image/png")]
+        resp = client.post(
+            f"/jobs/{job_id}/predict",
+            data={"threshold": "0.05"},
+            files=[("images", f) for f in held],
+        )
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["task"] == "detection"
+        assert body["classes"] == sorted(shapes.CLASSES)
+        first, _second, bad = body["predictions"]
+        assert "error" in bad
+        assert bad["boxes"] is None
+        assert (first["width"], first["height"]) == (2 * SIZE, 2 * SIZE)
+        for box in first["boxes"]:
+            assert box["score"] >= 0.05
+            assert box["label"] in shapes.CLASSES
+            x0, y0, x1, y1 = box["box"]
+            assert 0 <= x0 <= x1 <= 2 * SIZE
+            assert 0 <= y0 <= y1 <= 2 * SIZE
+            assert box["box"] == pytest.approx([2 * v for v in box["stored_box"]], abs=0.02)
+        assert _png(first["overlay_png"]).shape[:2] == (SIZE, SIZE)
+        # what only classifiers do yet is refused with the route to use
+        for method, path, kwargs in (
+            ("POST", f"/jobs/{job_id}/classify", {"files": [("images", held[0])]}),
+            ("GET", f"/jobs/{job_id}/download", {"params": {"export": "onnx"}}),
+            ("POST", f"/jobs/{job_id}/explain", {"files": [("images", held[0])]}),
+            ("POST", f"/jobs/{job_id}/pretrained", {"json": {}}),
+        ):
+            refused = client.request(method, path, **kwargs)
+            assert refused.status_code == 400, (path, refused.text)
+            assert refused.json()["code"] == "unsupported_task"
+            assert "predict" in refused.json()["detail"]
+        archive = client.post(
+            f"/jobs/{job_id}/evaluate", files={"archive": ("a.zip", b"PK", "application/zip")}
+        )
+        assert archive.status_code == 400
+        assert "split" in archive.json()["detail"]
+        evaluation = client.post(f"/jobs/{job_id}/evaluate", data={"split": "val"})
+        assert evaluation.status_code == 202, evaluation.text
+        done = wait_for(client, f"/jobs/{evaluation.json()['id']}", timeout=120)
+        assert done["status"] == "done", done["error"]
+        results = client.get(f"/jobs/{done['id']}/results").json()
+        assert results["task"] == "detection"
+        assert results["images"] == boxes["splits"]["val"]["images"]
+        # the validation's figure at that checkpoint, measured again by another process
+        best = final["best"]["val.map"]["value"]
+        assert results["metrics"]["map"] == pytest.approx(best, abs=0.02)
+        rows = {r["label"]: r for r in results["per_class"]}
+        assert sum(r["objects"] for r in rows.values()) == sum(
+            boxes["splits"]["val"]["per_class"].values()
+        )
+        for row in rows.values():
+            if row["pr_curve"] is not None:
+                assert len(row["pr_curve"]["recall"]) == len(row["pr_curve"]["precision"]) == 101
+        plain = client.get(f"/jobs/{job_id}/download")
+        assert plain.status_code == 200, plain.text
+        with tarfile.open(fileobj=io.BytesIO(plain.content)) as tar:
+            assert sorted(tar.getnames()) == ["info.json", "labels.txt", "weights.safetensors"]
+            info = json.load(tar.extractfile("info.json"))  # type: ignore[arg-type]
+        assert (info["task"], info["network"]["name"]) == ("detection", "fcos_resnet18_fpn")
+        assert info["classes"] == sorted(shapes.CLASSES)
+        assert info["num_classes"] == len(shapes.CLASSES) + 1
+
+
+def test_a_segmenter_trains_with_iou_and_predicts_masks(
+    pg_stack: Stack, masks: dict, tmp_path: Path
+) -> None:
+    with pg_stack.client() as client:
+        resp = _job(client, masks, "lraspp_mobilenet_v3_large", epochs=2)
+        assert resp.status_code == 202, resp.text
+        job_id = resp.json()["jobs"][0]["id"]
+        final = wait_for(client, f"/jobs/{job_id}", timeout=300)
+        assert final["status"] == "done", final["error"]
+        names = {p["name"] for p in _points(client, job_id, "")}
+        assert {"val.miou", "val.pixel_accuracy", "val.loss", "val.iou.background"} <= names
+        miou = _points(client, job_id, "val.miou")
+        assert [p["epoch"] for p in miou] == [1.0, 2.0]
+        assert final["best"]["val.miou"]["value"] == max(p["value"] for p in miou)
+        evaluation = client.post(f"/jobs/{job_id}/evaluate", data={"split": "val"})
+        assert evaluation.status_code == 202, evaluation.text
+        done = wait_for(client, f"/jobs/{evaluation.json()['id']}", timeout=120)
+        assert done["status"] == "done", done["error"]
+        results = client.get(f"/jobs/{done['id']}/results").json()
+        assert results["metrics"]["miou"] == pytest.approx(
+            final["best"]["val.miou"]["value"], abs=0.005
+        )
+        matrix = np.array(results["confusion_matrix"])
+        assert matrix.shape == (len(masks["classes"]),) * 2
+        assert [r["pixels"] for r in results["per_class"]] == matrix.sum(axis=1).tolist()
+        resp = client.post(f"/jobs/{job_id}/predict", files=[("images", _upload_image(2, 1))])
+        assert resp.status_code == 200, resp.text
+        (pred,) = resp.json()["predictions"]
+        mask = _png(pred["mask_png"])
+        assert mask.shape == (SIZE, SIZE)
+        assert int(mask.max()) < len(masks["classes"])
+        assert sum(a["pixels"] for a in pred["areas"]) == SIZE * SIZE
+        assert sum(a["fraction"] for a in pred["areas"]) == pytest.approx(1.0, abs=1e-3)
+    # the same through the CLI, with the drawing saved
+    image = tmp_path / "held.png"
+    image.write_bytes(_upload_image(2, 1)[1])
+    result = run(pg_stack, "predict", job_id, str(image), "--save-overlays", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    assert "% of the image" in result.stdout
+    with Image.open(tmp_path / "o" / "held.png") as drawn:
+        assert drawn.size == (SIZE, SIZE)
+
+
+@pytest.mark.parametrize(
+    ("network", "hyper", "code", "words"),
+    [
+        ("lenet", {}, "network_task_mismatch", "fcos_resnet18_fpn"),
+        ("fcos_resnet18_fpn", {"crop_size": 32}, "invalid_hyperparameters", "aug_scale"),
+        ("fcos_resnet18_fpn", {"aug_rot": 10}, "invalid_hyperparameters", "aug_rot"),
+        ("fcos_resnet18_fpn", {"best_metric": "val.miou"}, "invalid_hyperparameters", "val.map"),
+        (
+            "fcos_resnet18_fpn",
+            {"early_stopping": {"metric": "val.top5"}},
+            "invalid_hyperparameters",
+            "early_stopping.metric",
+        ),
+        ("lraspp_mobilenet_v3_large", {}, "network_task_mismatch", "segmentation network"),
+    ],
+)
+def test_jobs_that_do_not_fit_a_detection_dataset_are_refused(
+    pg_stack: Stack, boxes: dict, network: str, hyper: dict, code: str, words: str
+) -> None:
+    with pg_stack.client() as client:
+        before = client.get("/jobs").json()["total"]
+        resp = _job(client, boxes, network, **hyper)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["code"] == code
+        assert words in resp.json()["detail"]
+        assert client.get("/jobs").json()["total"] == before
+
+
+def test_detection_networks_on_a_classification_dataset_and_studies_are_refused(
+    pg_stack: Stack, boxes: dict, digits_dataset: dict
+) -> None:
+    with pg_stack.client() as client:
+        resp = _job(client, digits_dataset, "fcos_resnet18_fpn")
+        assert resp.status_code == 400
+        assert resp.json()["code"] == "network_task_mismatch"
+        resp = client.post(
+            "/jobs",
+            json={
+                "dataset_id": digits_dataset["id"],
+                "name": "map on digits",
+                "network": "lenet",
+                "hyperparameters": {**LENET, "best_metric": "val.map"},
+            },
+        )
+        assert resp.status_code == 400
+        assert "val.accuracy" in resp.json()["detail"]
+        study = client.post(
+            "/studies",
+            json={
+                "dataset_id": boxes["id"],
+                "name": "s",
+                "network": "fcos_resnet18_fpn",
+                "search_space": {
+                    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
+                },
+            },
+        )
+        assert study.status_code == 400, study.text
+        assert study.json()["code"] == "unsupported_task"
+
+
+def test_a_backbone_must_come_from_a_classifier_of_the_backbones_network(
+    pg_stack: Stack, boxes: dict, lenet_job: dict, digits_dataset: dict
+) -> None:
+    with pg_stack.client() as client:
+        cases = [
+            (
+                {"name": "fcos_resnet18_fpn", "backbone_job_id": lenet_job["job"]["id"]},
+                boxes,
+                "invalid_backbone",
+                "backbone is resnet18",
+            ),
+            (
+                {"name": "fcos_resnet18_fpn", "backbone_job_id": str(uuid.uuid4())},
+                boxes,
+                "job_not_found",
+                "does not exist",
+            ),
+            (
+                {"name": "lenet", "backbone_job_id": lenet_job["job"]["id"]},
+                digits_dataset,
+                "invalid_backbone",
+                "classification network",
+            ),
+        ]
+        for network, dataset, code, words in cases:
+            resp = client.post(
+                "/jobs",
+                json={
+                    "dataset_id": dataset["id"],
+                    "name": "backbone",
+                    "network": {"kind": "standard", **network},
+                    "hyperparameters": {"epochs": 1},
+                },
+            )
+            assert resp.status_code in (400, 404), resp.text
+            assert resp.json()["code"] == code, resp.text
+            assert words in resp.json()["detail"]
+        # a classifier fine-tuned into a detector is refused with the task named
+        resp = client.post(
+            "/jobs",
+            json={
+                "dataset_id": boxes["id"],
+                "name": "previous",
+                "network": {"kind": "previous", "job_id": lenet_job["job"]["id"]},
+            },
+        )
+        assert resp.status_code == 400
+        assert resp.json()["code"] == "network_task_mismatch"
+
+
+def test_the_catalog_names_each_networks_task(pg_stack: Stack) -> None:
+    with pg_stack.client() as client:
+        rows = {n["name"]: n for n in client.get("/networks").json()}
+    assert rows["fcos_resnet18_fpn"]["task"] == "detection"
+    assert rows["lraspp_mobilenet_v3_large"]["task"] == "segmentation"
+    assert rows["lenet"]["task"] == "classification"
+    assert rows["fcos_resnet18_fpn"]["recommended"]["solver"] == "adamw"

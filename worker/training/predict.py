@@ -1,0 +1,161 @@
+"""Predictions of detection and segmentation checkpoints: boxes with scores, or class masks.
+
+Images come in as the dataset stored them (uint8 H x W x C at the training size); the model
+service maps boxes back onto the uploaded image with the resize geometry.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from worker.training import checkpoint as ckpt
+from worker.training import dense
+from worker.training.inference import ModelFileError
+
+log = logging.getLogger(__name__)
+
+MAX_BOXES = 300  # per image, best first
+
+
+@dataclass
+class DenseModel:
+    """A loaded detector or segmenter and what its inputs must be."""
+
+    model: nn.Module
+    task: str
+    classes: list[str]
+    height: int
+    width: int
+    channels: int
+    device: torch.device
+    meta: dict[str, Any]
+
+    @torch.inference_mode()
+    def detect(self, images: np.ndarray, threshold: float) -> list[list[dict[str, Any]]]:
+        """Per image, its boxes above threshold: {label, class_id, score, box: [x0,y0,x1,y1]}."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
+        out = self.model(list(dense._as_rgb(x).unbind(0)))
+        results = []
+        for o in out:
+            scores = o["scores"].float().cpu()
+            keep = torch.nonzero(scores >= threshold).flatten()[:MAX_BOXES]
+            boxes = o["boxes"].float().cpu()[keep].tolist()
+            labels = (o["labels"].cpu()[keep] - 1).tolist()
+            results.append(
+                [
+                    {
+                        "label": self.classes[c] if 0 <= c < len(self.classes) else str(c),
+                        "class_id": int(c),
+                        "score": round(float(scores[i]), 5),
+                        "box": [round(float(v), 2) for v in box],
+                    }
+                    for i, c, box in zip(keep.tolist(), labels, boxes, strict=True)
+                ]
+            )
+        return results
+
+    @torch.inference_mode()
+    def segment(self, images: np.ndarray) -> np.ndarray:
+        """Class-index masks (N x H x W uint8)."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
+        logits = self.model(dense._normalise(dense._as_rgb(x)))["out"]
+        return logits.argmax(1).to(torch.uint8).cpu().numpy()
+
+
+def load(path: Path, device: str | torch.device = "cpu") -> DenseModel:
+    """A detection or segmentation training checkpoint, ready to predict."""
+    try:
+        data = ckpt.load(Path(path))
+        task = str(data.get("task", "classification"))
+        height, width, channels = (int(v) for v in data["image_shape"])
+        classes = [str(c) for c in data["classes"]]
+        name = str(dict(data["network"]).get("name"))
+        state = ckpt.model_state(data)
+    except FileNotFoundError:
+        raise ModelFileError("the checkpoint file is missing") from None
+    except Exception as exc:
+        log.warning("unreadable checkpoint %s: %s", Path(path).name, type(exc).__name__)
+        raise ModelFileError(
+            "the checkpoint cannot be read (damaged or not a checkpoint)"
+        ) from None
+    if task not in ("detection", "segmentation"):
+        raise ModelFileError(f"the checkpoint is a {task} model, not a detector or segmenter")
+    try:
+        model = dense.build(name, task, len(classes), height, width)
+        model.load_state_dict(state)
+    except (ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"the checkpoint does not fit its network: {exc}") from None
+    dev = torch.device(device)
+    model.to(dev).eval()
+    meta = {"epoch": data.get("epoch"), "step": data.get("step"), "network_name": name}
+    return DenseModel(model, task, classes, height, width, channels, dev, meta)
+
+
+def class_areas(mask: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
+    """Pixels and share of the image per class present in a mask."""
+    counts = np.bincount(mask.reshape(-1), minlength=len(classes))
+    total = max(1, int(mask.size))
+    return [
+        {"label": classes[c], "class_id": c, "pixels": int(n), "fraction": round(n / total, 5)}
+        for c, n in enumerate(counts[: len(classes)].tolist())
+        if n
+    ]
+
+
+def task_of(path: Path) -> str:
+    """The task of a checkpoint file (classification for an unreadable or older one)."""
+    try:
+        return str(ckpt.load(Path(path)).get("task", "classification"))
+    except Exception:  # the classification loader says what is wrong with it
+        return "classification"
+
+
+def write_model_dir(
+    model: DenseModel, folder: Path, *, name: str, resize_mode: str, checkpoint: dict[str, Any]
+) -> dict[str, Any]:
+    """info.json, labels.txt and weights.safetensors of a detector or segmenter.
+
+    The weights load into the torchvision builder info.json names, with weights=None,
+    num_classes as info.json says (detectors count a background class 0) and
+    min_size/max_size the image size."""
+    import json
+
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.model.state_dict().items()}
+    save_file(state, str(folder / "weights.safetensors"), metadata={"format": "digits"})
+    (folder / "labels.txt").write_text("\n".join(model.classes) + "\n")
+    info = {
+        "format": "digits-dense-1",
+        "name": name,
+        "task": model.task,
+        "network": {"kind": "standard", "name": type_name(model)},
+        "classes": model.classes,
+        "num_classes": len(model.classes) + (1 if model.task == "detection" else 0),
+        "background_class": 0 if model.task == "detection" else None,
+        "input": {
+            "height": model.height,
+            "width": model.width,
+            "channels": model.channels,
+            "resize_mode": resize_mode,
+            "scale": "0..1 RGB (grey repeated)"
+            + ("" if model.task == "detection" else ", then ImageNet mean and std"),
+        },
+        "checkpoint": checkpoint,
+        "epoch": model.meta.get("epoch"),
+        "step": model.meta.get("step"),
+    }
+    (folder / "info.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def type_name(model: DenseModel) -> str:
+    """The catalog name the model was built from."""
+    return str(model.meta.get("network_name", ""))
