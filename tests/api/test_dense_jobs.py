@@ -132,6 +132,7 @@ def test_a_detector_killed_mid_training_resumes_and_predicts_boxes(
         assert resp.status_code == 200, resp.text
         body = resp.json()
         assert body["task"] == "detection"
+        assert body["threshold"] == 0.05
         assert body["classes"] == sorted(shapes.CLASSES)
         first, _second, bad = body["predictions"]
         assert "error" in bad

@@ -132,6 +132,14 @@ function LrPreview({ v }) {
   </div>`;
 }
 
+// what each task's validation reports (the first: its default to follow)
+const TASK_METRICS = {
+  classification: ["val.accuracy", "val.loss", "val.top5"],
+  detection: ["val.map", "val.map_50", "val.map_75"],
+  segmentation: ["val.miou", "val.loss", "val.pixel_accuracy"],
+};
+const TASK_TITLE = { classification: "image classification", detection: "object detection", segmentation: "semantic segmentation" };
+
 export function NewJobPage() {
   const params = new URLSearchParams(location.search);
   const [v, setV] = useState(HP);
@@ -165,6 +173,20 @@ export function NewJobPage() {
       }
     })().catch(setError);
   }, []);
+
+  const ds = lists.datasets.find((d) => d.id === meta.dataset_id);
+  const task = (ds && ds.task) || "classification";
+  // a dataset of another task: its networks and metrics (a clone keeps what it had)
+  useEffect(() => {
+    const ofTask = lists.networks.filter((n) => n.kind === "standard" && (n.task || "classification") === task);
+    if (ofTask.length && !ofTask.some((n) => n.name === meta.network)) setMeta((m) => ({ ...m, network: ofTask[0].name }));
+    const ms = TASK_METRICS[task] || TASK_METRICS.classification;
+    setV((old) => ({
+      ...old,
+      best_metric: ms.includes(old.best_metric) ? old.best_metric : ms[0],
+      es_metric: ms.includes(old.es_metric) ? old.es_metric : ms.includes("val.loss") ? "val.loss" : ms[0],
+    }));
+  }, [task, lists.networks.length]);
 
   const set = (k) => (e) => setV({ ...v, [k]: e.target.type === "checkbox" ? e.target.checked : e.target.value });
   const setM = (k) => (e) => setMeta({ ...meta, [k]: e.target.value });
@@ -218,15 +240,15 @@ export function NewJobPage() {
     }
   };
 
-  const ds = lists.datasets.find((d) => d.id === meta.dataset_id);
-  const standard = lists.networks.filter((n) => n.kind === "standard");
+  const metrics = TASK_METRICS[task] || TASK_METRICS.classification;
+  const standard = lists.networks.filter((n) => n.kind === "standard" && (n.task || "classification") === task);
   const chosenNet = standard.find((n) => n.name === meta.network);
   const pp = POLICY_PARAMS[v.lr_policy] || {};
   const hpErr = (k) => errors[`hyperparameters.${k}`] ? { [k]: errors[`hyperparameters.${k}`] } : errors;
 
   return html`<main class="page" data-testid="job-new">
     <div class="crumbs"><a href="/">Jobs</a> / New</div>
-    <div class="page-head"><div class="title"><h1>New image classification model</h1>
+    <div class="page-head"><div class="title"><h1 data-testid="job-new-title">New ${TASK_TITLE[task] || "image classification"} model</h1>
       <div class="sub">${from ? html`Prefilled from <a href=${`/jobs/${from.id}`}>${from.name}</a>; change anything before queueing.` : "Every field starts at DIGITS's default. Lists of learning rates or batch sizes make a sweep."}</div></div></div>
     <form class="grid sidebar" onSubmit=${submit} novalidate>
       <div class="stack">
@@ -285,13 +307,13 @@ export function NewJobPage() {
         <div class="card"><div class="card-head"><h2>Validation, snapshots, stopping</h2></div><div class="card-body stack"><div class="fields">
           <${Field} label="Validation interval (epochs)" name="val_interval" errors=${hpErr("val_interval")}>${input("val_interval")}<//>
           <${Field} label="Snapshot interval (epochs)" name="snapshot_interval" errors=${hpErr("snapshot_interval")}>${input("snapshot_interval")}<//>
-          <${Field} label="Best checkpoint by" name="best_metric" errors=${hpErr("best_metric")}>${select("best_metric", ["val.accuracy", "val.loss", "val.top5"])}<//>
+          <${Field} label="Best checkpoint by" name="best_metric" errors=${hpErr("best_metric")}>${select("best_metric", metrics)}<//>
           <${Field} label="Log interval (steps)" name="log_interval" errors=${hpErr("log_interval")} help="0: about 20 points per epoch">${input("log_interval", { type: "number", min: 0 })}<//>
           <${Field} label="Random seed" name="seed" errors=${hpErr("seed")} help="Empty: random">${input("seed", { type: "number", min: 0 })}<//>
           ${check("early", "Stop early when validation stops improving")}
         </div>
         ${v.early && html`<div class="fields">
-          <${Field} label="Watch" name="es_metric" errors=${errors}>${select("es_metric", ["val.loss", "val.accuracy", "val.top5"])}<//>
+          <${Field} label="Watch" name="es_metric" errors=${errors}>${select("es_metric", metrics)}<//>
           <${Field} label="Patience (validations)" name="es_patience" errors=${errors}>${input("es_patience", { type: "number", min: 1 })}<//>
           <${Field} label="Minimum change" name="es_min_delta" errors=${errors}>${input("es_min_delta")}<//>
         </div>`}</div></div>

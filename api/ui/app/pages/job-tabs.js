@@ -190,7 +190,7 @@ export function ClassifyTab({ job, checkpoints }) {
     <div class="card"><div class="card-body stack">
       <div class="row wrap">
         <div class="field"><label for="cl-ck">Checkpoint</label><select id="cl-ck" value=${ckpt} onChange=${(e) => setCkpt(e.target.value)}>${checkpoints.map((c) => html`<option value=${c.name}>${c.name} · epoch ${fmtNum(c.epoch, 3)}</option>`)}</select></div>
-        <div class="field"><label for="cl-k">Top</label><select id="cl-k" value=${topK} onChange=${(e) => setTopK(e.target.value)}>${["1", "3", "5", "10"].map((k) => html`<option>${k}</option>`)}</select></div>
+        <div class="field"><label for="cl-k">Top</label><select id="cl-k" value=${topK} onChange=${(e) => setTopK(e.target.value)}>${["1", "3", "5", "10"].map((k) => html`<option value=${k}>${k}</option>`)}</select></div>
         <div class="field"><label for="cl-ex">Why</label><select id="cl-ex" data-testid="explain-method" value=${method} onChange=${(e) => setMethod(e.target.value)}>${EXPLAIN_METHODS.map(([v, l]) => html`<option value=${v}>${l}</option>`)}</select></div>
         ${method && html`<label style=${{ alignSelf: "flex-end" }}><input type="checkbox" data-testid="overlay-toggle" checked=${overlay} onChange=${(e) => setOverlay(e.target.checked)} /> heatmap overlay</label>`}
         ${results[0] && html`<span class="small muted" style=${{ alignSelf: "flex-end" }}>last answer in ${fmtNum(results[0].ms, 3)} ms (${results[0].checkpoint})</span>`}
@@ -279,7 +279,7 @@ export function EvaluateTab({ job, checkpoints }) {
     <form class="card" onSubmit=${run}><div class="card-head"><h2>Evaluate</h2></div><div class="card-body form">
       <div class="fields">
         <div class="field"><label for="ev-src">Images</label><select id="ev-src" value=${source} onChange=${(e) => setSource(e.target.value)}>
-          <option value="val">the dataset's val split</option><option value="test">the dataset's test split</option><option value="train">the dataset's train split</option><option value="archive">a labelled archive</option></select></div>
+          <option value="val">the dataset's val split</option><option value="test">the dataset's test split</option><option value="train">the dataset's train split</option>${(job.request.task || "classification") === "classification" && html`<option value="archive">a labelled archive</option>`}</select></div>
         <div class="field"><label for="ev-ck">Checkpoint</label><select id="ev-ck" value=${ckpt} onChange=${(e) => setCkpt(e.target.value)}>${checkpoints.map((c) => html`<option value=${c.name}>${c.name}</option>`)}</select></div>
         <div class="field"><label for="ev-n">Top images per class</label><input id="ev-n" type="number" min="0" max="100" value=${topN} onInput=${(e) => setTopN(e.target.value)} /></div>
       </div>
@@ -292,5 +292,56 @@ export function EvaluateTab({ job, checkpoints }) {
         <tbody>${evals.map((e) => html`<tr><td><a class="name" href=${`/jobs/${e.id}`}>${e.request.split || "archive"} · ${e.request.checkpoint}</a></td><td><${Status} status=${e.status} /></td><td>${e.request.dataset_id ? e.request.split : "archive"}</td><td class="muted">${fmtAgo(e.created_at)}</td></tr>`)}</tbody></table></div>`
         : html`<${Empty} title=${evals ? "None yet" : "Loading…"}>Top-1/top-5, a confusion matrix and per-class precision and recall.<//>`}
     </div>
+  </div>`;
+}
+
+/** Detection and segmentation: drop images, see the boxes or the mask drawn, with the numbers. */
+export function PredictTab({ job, checkpoints }) {
+  const [ckpt, setCkpt] = useDefaultCheckpoint(checkpoints);
+  const [threshold, setThreshold] = useState("0.5");
+  const [results, setResults] = useState([]);
+  const [error, setError] = useState(null);
+  const [busy, setBusy] = useState(false);
+  const detection = job.request.task === "detection";
+  const run = async (files) => {
+    setError(null);
+    setBusy(true);
+    const form = new FormData();
+    for (const f of files) form.append("images", f, f.name);
+    form.append("checkpoint", ckpt);
+    if (detection) form.append("threshold", threshold);
+    try {
+      const body = await upload(`/jobs/${job.id}/predict`, form);
+      const made = body.predictions.map((p) => ({ ...p, ms: body.milliseconds, checkpoint: body.checkpoint, threshold: body.threshold }));
+      setResults((old) => [...made, ...old].slice(0, 60));
+    } catch (err) {
+      setError(err);
+    } finally {
+      setBusy(false);
+    }
+  };
+  if (!checkpoints.length) return html`<div class="card"><${Empty} title="Nothing to predict with yet">The job has saved no checkpoint.<//></div>`;
+  return html`<div class="stack" data-testid="predict">
+    <div class="card"><div class="card-body stack">
+      <div class="row wrap">
+        <div class="field"><label for="pr-ck">Checkpoint</label><select id="pr-ck" value=${ckpt} onChange=${(e) => setCkpt(e.target.value)}>${checkpoints.map((c) => html`<option value=${c.name}>${c.name} · epoch ${fmtNum(c.epoch, 3)}</option>`)}</select></div>
+        ${detection && html`<div class="field"><label for="pr-th">Lowest score</label><select id="pr-th" data-testid="threshold" value=${threshold} onChange=${(e) => setThreshold(e.target.value)}>${["0.05", "0.25", "0.5", "0.75", "0.9"].map((k) => html`<option value=${k}>${k}</option>`)}</select></div>`}
+        ${results[0] && html`<span class="small muted" style=${{ alignSelf: "flex-end" }}>last answer in ${fmtNum(results[0].ms, 3)} ms (${results[0].checkpoint})</span>`}
+      </div>
+      <${DropZone} multiple accept="image/*" onFiles=${run} testid="predict-drop">
+        ${busy ? (detection ? "Detecting…" : "Segmenting…") : html`<b>Drop images here</b> or click to choose; ${detection ? "boxes are drawn at the training size and listed in the image's own pixels" : "the mask is blended over the image"}`}
+      <//>
+      <${Problem} error=${error} />
+    </div></div>
+    ${results.length > 0 && html`<div class="preds" data-testid="dense-predictions">${results.map((r) => html`<div class="card pred" data-threshold=${r.threshold}>
+      ${r.overlay_png ? html`<img src=${`data:image/png;base64,${r.overlay_png}`} alt=${r.filename} data-testid="prediction-overlay" style=${{ imageRendering: "pixelated" }} />` : html`<div></div>`}
+      <div class="stack" style=${{ gap: "6px" }}>
+        <div class="small mono faint" style=${{ overflow: "hidden", textOverflow: "ellipsis", whiteSpace: "nowrap" }}>${r.filename}</div>
+        ${r.error && html`<div class="problem small">${r.error}</div>`}
+        ${r.boxes && (r.boxes.length ? r.boxes.slice(0, 12).map((b) => html`<div class="bar-row" data-label=${b.label}><span class="lab">${b.label}</span><div class="bar"><div style=${{ width: fmtPct(b.score, 1) }}></div></div><span class="mono right" title=${b.box.map((v) => v.toFixed(0)).join(", ")}>${fmtPct(b.score, 1)}</span></div>`) : html`<span class="faint small">no box scored ${r.threshold} or more</span>`)}
+        ${r.boxes && r.boxes.length > 12 && html`<span class="faint small">and ${r.boxes.length - 12} more</span>`}
+        ${r.areas && r.areas.map((a) => html`<div class="bar-row" data-label=${a.label}><span class="lab">${a.label}</span><div class="bar"><div style=${{ width: fmtPct(a.fraction, 1) }}></div></div><span class="mono right">${fmtPct(a.fraction, 1)}</span></div>`)}
+      </div>
+    </div>`)}</div>`}
   </div>`;
 }

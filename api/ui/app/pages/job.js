@@ -7,14 +7,16 @@ import { Dialog, Problem, Progress, Status, confirmDialog, toast } from "../comp
 import { Chart, palette } from "../charts.js";
 import { follow } from "../live.js";
 import { appendAfterHistory, jobSeries } from "../metrics.js";
-import { fmtAgo, fmtDuration, fmtNum, fmtPct, fmtTime, jobDuration, metricLabel, networkName, shortId } from "../util/format.js";
-import { CheckpointsTab, ClassifyTab, EvaluateTab, LogsTab } from "./job-tabs.js";
+import { fmtAgo, fmtDuration, fmtNum, fmtPct, fmtTime, isAccuracy, jobDuration, metricLabel, networkName, shortId } from "../util/format.js";
+import { CheckpointsTab, ClassifyTab, EvaluateTab, LogsTab, PredictTab } from "./job-tabs.js";
 import { EvaluationView, InferenceView } from "./results.js";
 
 // chart cards: the series each shows; series nobody claims get a card of their own
 const CHARTS = [
   { id: "loss", title: "Loss", names: ["train.loss", "val.loss"], smooth: true },
   { id: "acc", title: "Accuracy", names: ["val.accuracy", "val.top5"], format: "pct", smooth: true },
+  { id: "map", title: "Detection mAP", names: ["val.map", "val.map_50", "val.map_75"], format: "pct" },
+  { id: "iou", title: "Segmentation IoU", names: ["val.miou", "val.pixel_accuracy"], format: "pct" },
   { id: "lr", title: "Learning rate", names: ["train.lr"], format: "lr", planned: true },
   { id: "ips", title: "Throughput (images/s)", names: ["train.images_per_second"], smooth: true },
   { id: "gpu", title: "GPU utilisation (%)", names: ["gpu.utilization", "gpu.memory_utilization"] },
@@ -146,7 +148,10 @@ function TrainingJob({ initial }) {
     try { await api(`/jobs/${job.id}`, { method: "DELETE" }); toast("Job deleted"); navigate("/"); } catch (err) { toast(err.message, { error: true }); }
   };
 
-  const tabs = [["charts", "Charts"], ["logs", "Logs"], ["checkpoints", `Checkpoints`], ["classify", "Classify"], ["evaluate", "Evaluate"], ["details", "Details"]];
+  const task = job.request.task || "classification";
+  const tabs = task === "classification"
+    ? [["charts", "Charts"], ["logs", "Logs"], ["checkpoints", `Checkpoints`], ["classify", "Classify"], ["evaluate", "Evaluate"], ["details", "Details"]]
+    : [["charts", "Charts"], ["logs", "Logs"], ["checkpoints", `Checkpoints`], ["predict", "Predict"], ["evaluate", "Evaluate"], ["details", "Details"]];
   return html`<main class="page" data-testid="job-page" data-job=${job.id} data-status=${job.status}>
     <div class="crumbs"><a href="/">Jobs</a>${job.group && html` / <a href=${`/compare?group=${encodeURIComponent(job.group)}`}>${job.group}</a>`}</div>
     <div class="page-head">
@@ -189,8 +194,9 @@ function TrainingJob({ initial }) {
       <${SidePanel} job=${job} onSave=${patch} />
     </div>`}
     ${tab === "logs" && html`<${LogsTab} job=${job} logSubs=${logSubs} />`}
-    ${tab === "checkpoints" && html`<${CheckpointsTab} job=${job} checkpoints=${checkpoints} onDownload=${() => setDialog("download")} onPretrained=${() => setDialog("pretrained")} onClassify=${() => setTab("classify")} />`}
+    ${tab === "checkpoints" && html`<${CheckpointsTab} job=${job} checkpoints=${checkpoints} onDownload=${() => setDialog("download")} onPretrained=${() => setDialog("pretrained")} onClassify=${() => setTab(task === "classification" ? "classify" : "predict")} />`}
     ${tab === "classify" && html`<${ClassifyTab} job=${job} checkpoints=${checkpoints} />`}
+    ${tab === "predict" && html`<${PredictTab} job=${job} checkpoints=${checkpoints} />`}
     ${tab === "evaluate" && html`<${EvaluateTab} job=${job} checkpoints=${checkpoints} />`}
     ${tab === "details" && html`<${Details} job=${job} />`}
 
@@ -239,7 +245,11 @@ function ChartsPanel({ job, series, version, checkpoints }) {
     return { label: metricLabel(name), x: xs, y: c.value, color: palette(i) };
   };
   const extra = Object.keys(series).filter((n) => !CLAIMED.has(n)).sort();
-  const cards = CHARTS.concat(extra.map((n) => ({ id: n, title: metricLabel(n), names: [n] })));
+  // per-class AP and IoU: one card each, a line per class
+  const perClass = [["val.ap.", "ap-class", "AP per class"], ["val.iou.", "iou-class", "IoU per class"]];
+  const grouped = perClass.map(([prefix, id, title]) => ({ id, title, names: extra.filter((n) => n.startsWith(prefix)), format: "pct" }));
+  const single = extra.filter((n) => !perClass.some(([prefix]) => n.startsWith(prefix)));
+  const cards = CHARTS.concat(grouped, single.map((n) => ({ id: n, title: metricLabel(n), names: [n] })));
   const shown = cards.map((card) => {
     const list = card.names.map(pick).filter(Boolean);
     if (card.planned && planned && x === "epoch" && list.length) {
@@ -268,7 +278,7 @@ function ChartsPanel({ job, series, version, checkpoints }) {
       : html`<div class="charts">${shown.map(({ card, list }) => html`<div class="card chart-card" key=${card.id} data-chart=${card.id}>
         <div class="chart-head"><h3>${card.title}</h3></div>
         <${Chart} series=${list} xKind=${x === "time" && !hasTime ? "epoch" : x} log=${log === "1" && card.format !== "pct"} smooth=${card.smooth ? s : 0}
-          markers=${card.id === "loss" || card.id === "acc" ? markers : []} syncKey=${`job-${job.id}`} format=${card.format || "num"}
+          markers=${["loss", "acc", "map", "iou"].includes(card.id) ? markers : []} syncKey=${`job-${job.id}`} format=${card.format || "num"}
           testid=${`chart-${card.id}`} points=${list.some((l) => l.x.length < 3)} />
       </div>`)}</div>`}
     ${lrFind && html`<div class="card chart-card" data-chart="lr-find" data-suggestion=${lrFind.suggestion}>
@@ -284,7 +294,7 @@ function SidePanel({ job, onSave }) {
   const best = Object.entries(job.best || {});
   return html`<div class="stack">
     ${best.length > 0 && html`<div class="card"><div class="card-head"><h3>Best</h3></div><div class="card-body"><dl class="kv">
-      ${best.map(([k, m]) => html`<dt>${metricLabel(k)}</dt><dd><b>${k.includes("accuracy") || k.includes("top5") ? fmtPct(m.value, 2) : fmtNum(m.value)}</b> <span class="faint">epoch ${fmtNum(m.epoch, 3)}</span></dd>`)}
+      ${best.map(([k, m]) => html`<dt>${metricLabel(k)}</dt><dd><b>${isAccuracy(k) ? fmtPct(m.value, 2) : fmtNum(m.value)}</b> <span class="faint">epoch ${fmtNum(m.epoch, 3)}</span></dd>`)}
     </dl></div></div>`}
     <div class="card"><div class="card-head"><h3>Status</h3></div><div class="card-body">
       <ol class="timeline" data-testid="timeline">${(job.status_history || []).map((h) => html`<li>
@@ -385,7 +395,7 @@ function DownloadDialog({ job, checkpoints, onClose }) {
     <div class="form">
       <div class="fields">
         <div class="field"><label for="d-ck">Checkpoint</label><select id="d-ck" value=${ckpt} onChange=${(e) => setCkpt(e.target.value)}>${ckptOptions(checkpoints)}</select></div>
-        <div class="field"><label for="d-fmt">Archive</label><select id="d-fmt" value=${format} onChange=${(e) => setFormat(e.target.value)}><option>tar.gz</option><option>zip</option></select></div>
+        <div class="field"><label for="d-fmt">Archive</label><select id="d-fmt" value=${format} onChange=${(e) => setFormat(e.target.value)}><option value="tar.gz">tar.gz</option><option value="zip">zip</option></select></div>
       </div>
       <div class="row wrap">${["onnx", "torchscript"].map((k) => html`<div class="field check"><input id=${`d-${k}`} type="checkbox" checked=${exports[k]} onChange=${(e) => setExports({ ...exports, [k]: e.target.checked })} /><label for=${`d-${k}`}>${k === "onnx" ? "ONNX" : "TorchScript"} export</label></div>`)}</div>
       <div class="small muted">The archive holds info.json, labels.txt, weights.safetensors and mean.npy, as DIGITS's did; exports take raw uint8 NHWC images. The first export of a checkpoint takes a few seconds.</div>

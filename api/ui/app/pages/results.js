@@ -5,6 +5,7 @@ import { API, ApiError, api } from "../api.js";
 import { useQueryState } from "../router.js";
 import { Empty, Problem, Progress, Status } from "../components.js";
 import { follow } from "../live.js";
+import { Chart, palette } from "../charts.js";
 import { fmtNum, fmtPct, fmtTime, shortId } from "../util/format.js";
 
 /** Follow a model job until it is final; returns the job (re-read at the end). */
@@ -105,6 +106,7 @@ export function EvaluationView({ initial }) {
   const [cell, setCell] = useState(null);
   useEffect(() => { if (job.status === "done") api(`/jobs/${job.id}/results`).then(setRes, setError); }, [job.status]);
   const title = `Evaluation on ${job.request.dataset_id ? `${job.request.split} split` : "an uploaded archive"}`;
+  if (res && res.task) return html`<${DenseEvaluation} job=${job} res=${res} title=${title} />`;
   return html`<main class="page" data-testid="evaluation" data-status=${job.status}>
     <${Head} job=${job} title=${title} />
     <${Problem} error=${error} />
@@ -132,6 +134,38 @@ export function EvaluationView({ initial }) {
         </div></div>`)}
       </div></div>
     </div>`}
+  </main>`;
+}
+
+/** Detection (mAP, per-class AP and precision-recall at IoU 0.5) or segmentation (IoU). */
+function DenseEvaluation({ job, res, title }) {
+  const m = res.metrics;
+  const detection = res.task === "detection";
+  const stats = detection
+    ? [["mAP (0.5:0.95)", m.map], ["mAP@0.5", m.map_50], ["mAP@0.75", m.map_75]]
+    : [["mIoU", m.miou], ["Pixel accuracy", m.pixel_accuracy]];
+  const curves = detection
+    ? res.per_class.filter((c) => c.pr_curve).map((c, i) => ({ label: c.label, x: c.pr_curve.recall, y: c.pr_curve.precision, color: palette(i) }))
+    : [];
+  return html`<main class="page" data-testid="evaluation" data-status=${job.status} data-task=${res.task}>
+    <${Head} job=${job} title=${title} />
+    <div class="stack">
+      <div class="grid cols-4">
+        ${stats.map(([label, value]) => html`<div class="card stat"><div class="label">${label}</div><div class="value" data-testid=${label}>${fmtPct(value, 1)}</div></div>`)}
+        <div class="card stat"><div class="label">Images</div><div class="value">${fmtNum(res.images)}</div><div class="hint">checkpoint ${res.checkpoint}</div></div>
+      </div>
+      <div class="grid cols-2">
+        <div class="card"><div class="card-head"><h2>Per class</h2></div><div class="table-wrap" style=${{ maxHeight: "520px" }}><table class="t" data-testid="per-class">
+          ${detection
+            ? html`<thead><tr><th>Class</th><th class="num">AP</th><th class="num">AP@0.5</th><th class="num">Recall@0.5</th><th class="num">Boxes</th></tr></thead>
+              <tbody>${res.per_class.map((c) => html`<tr><td>${c.label}</td><td class="num">${c.ap == null ? "–" : fmtPct(c.ap, 1)}</td><td class="num">${c.ap_50 == null ? "–" : fmtPct(c.ap_50, 1)}</td><td class="num">${c.recall_50 == null ? "–" : fmtPct(c.recall_50, 1)}</td><td class="num">${fmtNum(c.objects)}</td></tr>`)}</tbody>`
+            : html`<thead><tr><th>Class</th><th class="num">IoU</th><th class="num">Pixels</th></tr></thead>
+              <tbody>${res.per_class.map((c) => html`<tr><td>${c.label}</td><td class="num">${fmtPct(c.iou, 1)}</td><td class="num">${fmtNum(c.pixels)}</td></tr>`)}</tbody>`}
+        </table></div></div>
+        ${detection && html`<div class="card chart-card" data-chart="pr"><div class="chart-head"><h3>Precision against recall, IoU 0.5</h3></div>
+          <${Chart} series=${curves} xKind="step" format="pct" testid="chart-pr" yRange=${[0, 1]} /></div>`}
+      </div>
+    </div>
   </main>`;
 }
 

@@ -87,10 +87,17 @@ export function metricLabel(name) {
     "gpu.utilization": "GPU util %", "gpu.memory_used_bytes": "GPU memory",
     "gpu.memory_utilization": "GPU mem util %", "gpu.temperature_c": "GPU °C",
     "gpu.power_w": "GPU W", "process.cpu_percent": "CPU %", "process.rss_bytes": "RSS",
+    "val.map": "val mAP", "val.map_50": "val mAP@0.5", "val.map_75": "val mAP@0.75",
+    "val.miou": "val mIoU", "val.pixel_accuracy": "val pixel acc.",
   };
-  return labels[name] || name;
+  if (labels[name]) return labels[name];
+  if (name.startsWith("val.ap.")) return `AP ${name.slice(7)}`;
+  if (name.startsWith("val.iou.")) return `IoU ${name.slice(8)}`;
+  return name;
 }
 
+/** Series read as a share (0..1): accuracies, mAP, IoU. */
 export function isAccuracy(name) {
-  return name === "val.accuracy" || name === "val.top5" || name.endsWith(".accuracy");
+  return name === "val.accuracy" || name === "val.top5" || name.endsWith(".accuracy")
+    || name.startsWith("val.map") || name.startsWith("val.ap.") || name.includes("iou");
 }
