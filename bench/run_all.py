@@ -29,6 +29,7 @@ BENCHES = [
     "memory_bench",
     "insight_bench",
     "tune_bench",
+    "dense_bench",
 ]
 RESULTS = ROOT / "bench" / "results.jsonl"
 

@@ -32,5 +32,6 @@ def test_every_benchmark_runs_in_smoke_mode() -> None:
         "time_to_accuracy",
         "memory_api",
         "tune_study",
+        "detection_epoch",
     } <= names, names
     assert all("environment" in r or "python" in r for r in records)
