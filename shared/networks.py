@@ -123,7 +123,7 @@ CATALOG: dict[str, NetworkInfo] = {
             32,
             32,
             "detection",
-            "mobilenet_v3_large",
+            None,  # its backbone splits and halves MobileNet's tail: no classifier fits it
         ),
         NetworkInfo(
             "lraspp_mobilenet_v3_large",

@@ -337,7 +337,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 artifacts.discard_scratch(out, scratch)
 
         def write(model_path: Path, out: Path) -> dict[str, Any]:
-            if model_path.is_file() and predict.task_of(model_path) != "classification":
+            if body.task != "classification":
                 if body.exports:
                     raise ServiceError(
                         400,

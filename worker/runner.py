@@ -247,6 +247,7 @@ def make_plan(session: Any, settings: Settings, job: Job) -> TrainingPlan:
     request = job.request
     network = dict(request["network"])
     init_checkpoint = None
+    own = None
     if network["kind"] == "pretrained":
         from shared.models import PretrainedModel
 
@@ -275,6 +276,9 @@ def make_plan(session: Any, settings: Settings, job: Job) -> TrainingPlan:
         init_checkpoint = row.path
         network = _head_free(source.request["network"])
     elif network["kind"] == "standard" and network.get("backbone_job_id"):
+        # a job with checkpoints of its own resumes from them: the backbone job may be gone
+        own = session.scalar(select(Checkpoint.id).where(Checkpoint.job_id == job.id).limit(1))
+    if network["kind"] == "standard" and network.get("backbone_job_id") and own is None:
         from shared.services.jobs import backbone_checkpoint
 
         row = backbone_checkpoint(session, uuid.UUID(network["backbone_job_id"]))

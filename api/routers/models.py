@@ -553,6 +553,7 @@ def download(
                 "name": job.name,
                 "resize_mode": models_service.resize_mode_of(session, job),
                 "dataset_id": str(job.dataset_id) if job.dataset_id else None,
+                "task": models_service.job_task(session, job),
                 "checkpoint": {
                     "name": ckpt.name,
                     "epoch": ckpt.epoch,

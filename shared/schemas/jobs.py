@@ -112,7 +112,7 @@ class EarlyStopping(_Strict):
 
     metric: ValMetric = Field(
         default="val.loss",
-        description="detection and segmentation jobs left at val.loss use val.map or val.miou",
+        description="detection jobs left at val.loss follow val.map (segmentation keeps val.loss)",
     )
     patience: int = Field(default=5, ge=1)
     min_delta: float = Field(default=0.0, ge=0)

@@ -598,6 +598,7 @@ class ModelServiceExport(BaseModel):
     dataset_id: uuid.UUID | None = Field(
         default=None, description="the job's dataset: calibration and validation of int8/fp16"
     )
+    task: Literal["classification", "detection", "segmentation"] = "classification"
 
 
 class ModelServicePretrained(BaseModel):

@@ -47,14 +47,23 @@ from shared.services import dispatch, lifecycle
 from shared.settings import Settings
 
 
-def network_task(session: Session, network: Any) -> str:
-    """The task a job's network does: a standard network's own, a previous job's network's;
-    custom and uploaded networks classify."""
+def network_task(session: Session, network: Any, user: User) -> str | None:
+    """The task a job's network does: a standard network's own, a previous job's (None when
+    that job is not one the user may use: the network check answers 404 for it); custom and
+    uploaded networks classify."""
     if isinstance(network, StandardNetwork):
         return networks.network_task(network.name)
     if isinstance(network, PreviousNetwork):
         source = session.get(Job, network.job_id)
-        base = source.request.get("network", {}) if source is not None else {}
+        if (
+            source is None
+            or source.kind != JobKind.TRAIN.value
+            or not datasets_service.visible(user, source.owner_id)
+        ):
+            return None
+        if source.request.get("task"):  # recorded since detection (chains of previous too)
+            return str(source.request["task"])
+        base = source.request.get("network", {})
         if base.get("kind") == "standard":
             return networks.network_task(str(base.get("name")))
     return "classification"
@@ -69,14 +78,16 @@ _CLASSIFICATION_ONLY = {
 }
 
 
-def fit_task(session: Session, network: Any, dataset: Dataset, raw: dict[str, Any]) -> str:
+def fit_task(
+    session: Session, network: Any, dataset: Dataset, raw: dict[str, Any], user: User
+) -> str:
     """Refuse a network of another task than the dataset's, options the task does not have,
     and metrics it does not report; a detection or segmentation job left at classification's
     best_metric or early-stopping metric follows its own task's (val.map, val.miou).
     Changes `raw` (the request's hyperparameters) in place; returns the task."""
     task = str(dataset.task or "classification")
-    net_task = network_task(session, network)
-    if net_task != task:
+    net_task = network_task(session, network, user)
+    if net_task is not None and net_task != task:
         names = [n.name for n in networks.CATALOG.values() if n.task == task]
         hint = f" ({task} networks: {', '.join(names)})" if task != "classification" else ""
         raise InvalidInput(
@@ -125,10 +136,15 @@ def backbone_checkpoint(session: Session, job_id: uuid.UUID) -> Checkpoint | Non
 
 def _check_backbone(session: Session, network: StandardNetwork, user: User) -> None:
     info = networks.CATALOG[network.name]
-    if info.backbone is None:
+    if info.task == "classification":
         raise InvalidInput(
             f"{network.name} is a classification network: backbone_job_id is for detection "
             "and segmentation networks (fine-tune a classifier with kind previous)",
+            code="invalid_backbone",
+        )
+    if info.backbone is None:
+        raise InvalidInput(
+            f"{network.name}'s backbone cannot start from a classification job",
             code="invalid_backbone",
         )
     source = session.get(Job, network.backbone_job_id)
@@ -280,7 +296,7 @@ def create_training_jobs(
             {**networks.recommended(data.network.name), **given}
         )
     raw = requested.model_dump(mode="json")
-    task = fit_task(session, data.network, dataset, raw)
+    task = fit_task(session, data.network, dataset, raw, user)
     lrs = raw["learning_rate"] if isinstance(raw["learning_rate"], list) else [raw["learning_rate"]]
     bss = raw["batch_size"] if isinstance(raw["batch_size"], list) else [raw["batch_size"]]
     seed = raw["seed"] if raw["seed"] is not None else random.randrange(2**31)

@@ -29,7 +29,7 @@ from shared import networks, tuning
 from shared.db import reading, session_scope, utcnow
 from shared.errors import Conflict, DomainError, InvalidInput, NotFound
 from shared.models import Job, Status, Study, StudyStatus, User
-from shared.schemas.jobs import Hyperparameters, JobCreate
+from shared.schemas.jobs import Hyperparameters, JobCreate, StandardNetwork
 from shared.schemas.studies import (
     BestPoint,
     Objective,
@@ -69,6 +69,12 @@ def _check_space(data: StudyCreate, channels: int, height: int, width: int) -> N
                         f"network choices are standard network names; {choice!r} is not one",
                         name,
                     )
+                if networks.network_task(choice) != "classification":
+                    raise _invalid(
+                        f"network {choice} is a {networks.network_task(choice)} network; "
+                        "studies tune classification",
+                        name,
+                    )
                 try:
                     networks.check_standard(choice, channels, height, width)
                 except ValueError as exc:
@@ -84,6 +90,29 @@ def _check_space(data: StudyCreate, channels: int, height: int, width: int) -> N
                 ) from exc
 
 
+def _check_classification(data: StudyCreate) -> None:
+    """A study tunes a classifier: its network and the metrics it follows are
+    classification's (the job schema also takes detection's and segmentation's)."""
+    base = data.network
+    if isinstance(base, StandardNetwork) and networks.network_task(base.name) != "classification":
+        raise InvalidInput(
+            f"{base.name} is a {networks.network_task(base.name)} network; studies tune "
+            "classification networks",
+            code="invalid_network",
+        )
+    allowed = networks.TASK_METRICS["classification"]
+    hyper = data.hyperparameters
+    named = [("hyperparameters.best_metric", hyper.best_metric)]
+    if hyper.early_stopping is not None:
+        named.append(("hyperparameters.early_stopping.metric", hyper.early_stopping.metric))
+    for where, value in named:
+        if value not in allowed:
+            raise InvalidInput(
+                f"{where} {value} is not a classification metric; use one of {', '.join(allowed)}",
+                code="invalid_hyperparameters",
+            )
+
+
 def create_study(session: Session, data: StudyCreate, user: User, settings: Settings) -> Study:
     """Validate a study and record it; `top_up` (after the commit) queues its first trials."""
     dataset = datasets_service.get_classification_dataset(
@@ -95,6 +124,7 @@ def create_study(session: Session, data: StudyCreate, user: User, settings: Sett
     height = width = hyper.crop_size or 0
     height, width = (height, width) if height else (dataset.image_height, dataset.image_width)
     _check_space(data, dataset.image_channels, height, width)
+    _check_classification(data)
     config = data.model_dump(mode="json")
     if data.pruner.type != "none":
         if hyper.val_interval <= 0:

@@ -291,6 +291,20 @@ def test_detection_networks_on_a_classification_dataset_and_studies_are_refused(
         )
         assert study.status_code == 400, study.text
         assert study.json()["code"] == "unsupported_task"
+        # nor does a study tune a detector on a classification dataset
+        study = client.post(
+            "/studies",
+            json={
+                "dataset_id": digits_dataset["id"],
+                "name": "s",
+                "network": "fcos_resnet18_fpn",
+                "search_space": {
+                    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
+                },
+            },
+        )
+        assert study.status_code == 400, study.text
+        assert "studies tune classification" in study.json()["detail"]
 
 
 def test_a_backbone_must_come_from_a_classifier_of_the_backbones_network(
@@ -309,6 +323,15 @@ def test_a_backbone_must_come_from_a_classifier_of_the_backbones_network(
                 boxes,
                 "job_not_found",
                 "does not exist",
+            ),
+            (
+                {
+                    "name": "ssdlite320_mobilenet_v3_large",
+                    "backbone_job_id": lenet_job["job"]["id"],
+                },
+                boxes,
+                "invalid_backbone",
+                "cannot start from a classification job",
             ),
             (
                 {"name": "lenet", "backbone_job_id": lenet_job["job"]["id"]},
@@ -341,6 +364,17 @@ def test_a_backbone_must_come_from_a_classifier_of_the_backbones_network(
         )
         assert resp.status_code == 400
         assert resp.json()["code"] == "network_task_mismatch"
+        # an unknown previous job is a 404, not a guess at its task
+        resp = client.post(
+            "/jobs",
+            json={
+                "dataset_id": boxes["id"],
+                "name": "previous",
+                "network": {"kind": "previous", "job_id": str(uuid.uuid4())},
+            },
+        )
+        assert resp.status_code == 404, resp.text
+        assert resp.json()["code"] == "job_not_found"
 
 
 def test_the_catalog_names_each_networks_task(pg_stack: Stack) -> None:

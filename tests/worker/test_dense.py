@@ -128,6 +128,14 @@ def test_iou_is_one_for_a_perfect_segmenter_and_counts_misses(tmp_path: Path) ->
     assert blind["val.miou"] == pytest.approx(background / k)
 
 
+def test_a_batch_of_nothing_but_ignore_has_a_zero_loss(tmp_path: Path) -> None:
+    task = _task(tmp_path, "segmentation")
+    task.train_targets.masks = torch.full_like(task.train_targets.masks, dense.IGNORE)  # type: ignore[arg-type]
+    images = torch.zeros(4, 3, 64, 64, dtype=torch.uint8)
+    loss = task.loss(_Oracle(len(task.classes)), images, torch.arange(4), torch.Generator())
+    assert float(loss) == 0.0  # not NaN, which the engine would take for a diverged run
+
+
 def _nothing():  # type: ignore[no-untyped-def]
     import contextlib
 
@@ -184,3 +192,29 @@ def test_a_detection_run_starts_from_a_classification_checkpoint(tmp_path: Path)
     assert loaded == len(source.state_dict()) - 2, told  # all but fc.weight and fc.bias
     saved = ckpt.load(tmp_path / "job" / "checkpoints" / "last.pt")
     assert saved["task"] == "detection"
+
+
+def test_a_segmentation_run_stops_early_on_its_own_metric(tmp_path: Path) -> None:
+    _task(tmp_path, "segmentation", 48)  # the stored dataset
+    # val.top5 is not a segmentation series (an older request's), so the run follows val.miou;
+    # a min_delta of 1 can never be met, so it stops after one validation without it
+    hp = Hyperparameters.model_validate(
+        {
+            "epochs": 10,
+            "batch_size": 4,
+            "solver": "adamw",
+            "learning_rate": 3e-3,
+            "seed": 1,
+            "early_stopping": {"metric": "val.top5", "patience": 1, "min_delta": 1.0},
+        }
+    )
+    reporter = Recorder()
+    (tmp_path / "job").mkdir()
+    network = {"kind": "standard", "name": "lraspp_mobilenet_v3_large"}
+    result = train(TrainSpec(tmp_path / "stored", network, hp, tmp_path / "job", "cpu"), reporter)
+    assert result.outcome == "early_stopped"
+    assert result.epoch == 2.0
+    assert any("early stopping" in m and "val.miou" in m for m in reporter.messages)
+    assert "val.miou" in result.best
+    best = next(c for c in reversed(reporter.checkpoints) if c.name == "best")
+    assert best.metrics["val.miou"] == result.best["val.miou"]

@@ -11,7 +11,8 @@ from shared.networks import CATALOG, Layer, NetworkShapeError, check_custom
 from worker.training.models import LeNet, build_custom, build_model, load_init_weights
 
 CLASSES = 7
-TORCHVISION = sorted(n for n, info in CATALOG.items() if info.family == "torchvision")
+CLASSIFIERS = sorted(n for n, info in CATALOG.items() if info.task == "classification")
+TORCHVISION = [n for n in CLASSIFIERS if CATALOG[n].family == "torchvision"]
 
 CUSTOM_LAYERS: list[dict[str, object]] = [
     {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": "same"},
@@ -135,7 +136,7 @@ def test_load_init_weights_skips_only_mismatched_tensors() -> None:
 # -- the checks an uploaded model passes before anything real is built ---------------------
 
 
-@pytest.mark.parametrize("name", sorted(CATALOG))
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_the_meta_device_build_names_and_shapes_what_the_real_build_holds(name: str) -> None:
     """Uploads are checked against the meta build: it must agree with the real network."""
     from worker.training import inference
@@ -146,6 +147,15 @@ def test_the_meta_device_build_names_and_shapes_what_the_real_build_holds(name: 
     assert expected == {
         k: (tuple(v.shape), v.is_floating_point()) for k, v in real.state_dict().items()
     }
+
+
+def test_a_detector_or_segmenter_is_not_built_as_a_classifier() -> None:
+    """An uploaded info.json naming one is refused with the reason, not a KeyError."""
+    from worker.training import inference
+
+    for name in ("fcos_resnet18_fpn", "lraspp_mobilenet_v3_large"):
+        with pytest.raises(inference.ModelFileError, match="not a classifier"):
+            inference.expected_state({"kind": "standard", "name": name}, CLASSES, 3, 32, 32)
 
 
 def test_the_meta_device_build_of_a_custom_network_matches_too() -> None:

@@ -305,7 +305,9 @@ class DenseTask:
             m = self._resample(mask[:, None].float() + 1, affine, "nearest")[:, 0]
             mask = torch.where(m == 0, IGNORE + 1, m).sub_(1).to(torch.uint8)
         logits = net(_normalise(x))["out"]
-        return F.cross_entropy(logits.float(), mask.long(), ignore_index=IGNORE)
+        # a mean over the pixels that count; a batch with none (all ignore) is a zero loss
+        total = F.cross_entropy(logits.float(), mask.long(), ignore_index=IGNORE, reduction="sum")
+        return total / (mask != IGNORE).sum().clamp(min=1)
 
     @torch.inference_mode()
     def evaluate(
@@ -339,14 +341,7 @@ class DenseTask:
         for images, idx in split.batches(None, batch_size):
             with autocast():
                 out = model(list(_as_rgb(images).unbind(0)))
-            preds = [
-                {
-                    "boxes": o["boxes"].float().cpu(),
-                    "scores": o["scores"].float().cpu(),
-                    "labels": o["labels"].cpu() - 1,
-                }
-                for o in out
-            ]
+            preds = [_predicted(o) for o in out]
             truth = [
                 {"boxes": b.cpu(), "labels": lab.cpu()} for b, lab in self.val_targets.boxes(idx)
             ]
@@ -396,6 +391,17 @@ class DenseTask:
             if bool(present[c]):
                 values[series_name("val.iou", self.classes, c)] = float(iou[c])
         return values
+
+
+def _predicted(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A detector's output for torchmetrics: class ids from 0, the background's boxes left out
+    (FCOS and RetinaNet score class 0 with a sigmoid like any other)."""
+    keep = out["labels"] > 0
+    return {
+        "boxes": out["boxes"][keep].float().cpu(),
+        "scores": out["scores"][keep].float().cpu(),
+        "labels": out["labels"][keep].cpu() - 1,
+    }
 
 
 def _finite(value: torch.Tensor) -> float:
@@ -455,14 +461,7 @@ def evaluate_split(
             for _boxes, labels in truth:
                 objects += np.bincount(labels.cpu().numpy(), minlength=len(classes))[: len(classes)]
             metric.update(
-                [
-                    {
-                        "boxes": o["boxes"].float().cpu(),
-                        "scores": o["scores"].float().cpu(),
-                        "labels": o["labels"].cpu() - 1,
-                    }
-                    for o in out
-                ],
+                [_predicted(o) for o in out],
                 [{"boxes": b.cpu(), "labels": lab.cpu()} for b, lab in truth],
             )
         result = metric.compute()
@@ -512,7 +511,7 @@ def evaluate_split(
     metrics = {
         "miou": float(iou[present].mean()) if bool(present.any()) else 0.0,
         "pixel_accuracy": float(tp.sum()) / max(1.0, total),
-        "loss": loss_sum / max(1.0, total),
+        "loss": loss_sum / max(1.0, total) if math.isfinite(loss_sum) else -1.0,
     }
     rows = [
         {"label": name, "iou": float(iou[c]), "pixels": int(counts[c].sum())}

@@ -408,7 +408,7 @@ def _setup(spec: TrainSpec, reporter: Reporter) -> _Run:
     if hp.crop_size is not None and hp.crop_size > min(height, width):
         raise TrainingError(f"crop size {hp.crop_size} is larger than the {width}x{height} images")
     in_h, in_w = (hp.crop_size, hp.crop_size) if hp.crop_size else (height, width)
-    if hp.aug_quad_rot != "none" and in_h != in_w:
+    if task == "classification" and hp.aug_quad_rot != "none" and in_h != in_w:
         raise TrainingError("quarter rotations need square images or a square crop_size")
     if hp.aug_hsv_use and channels != 3:
         reporter.log("HSV augmentation needs RGB images; ignored for this grayscale dataset")
@@ -467,6 +467,10 @@ def _setup(spec: TrainSpec, reporter: Reporter) -> _Run:
         torch.backends.cudnn.allow_tf32 = True
         if hp.amp:
             amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            if task == "detection":
+                # torchvision decodes boxes in the regression's dtype: bf16 would step them by
+                # 1-4 px at 128-512 px; fp16 (with the GradScaler) by an eighth to half of one
+                amp_dtype = torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     train_split, val_split = open_splits(spec.dataset_dir, info, device, channels_last)

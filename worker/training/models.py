@@ -285,6 +285,8 @@ def build_model(
     name = str(network["name"])
     if name not in CATALOG:
         raise ValueError(f"unknown network {name!r}")
+    if CATALOG[name].task != "classification":
+        raise ValueError(f"{name} is a {CATALOG[name].task} network, not a classifier")
     check_standard(name, channels, height, width)
     if name == "lenet":
         return LeNet(num_classes, channels, height, width)

@@ -45,7 +45,9 @@ class DenseModel:
         results = []
         for o in out:
             scores = o["scores"].float().cpu()
-            keep = torch.nonzero(scores >= threshold).flatten()[:MAX_BOXES]
+            # class 0 is the background: FCOS and RetinaNet score it too
+            found = (scores >= threshold) & (o["labels"].cpu() > 0)
+            keep = torch.nonzero(found).flatten()[:MAX_BOXES]
             boxes = o["boxes"].float().cpu()[keep].tolist()
             labels = (o["labels"].cpu()[keep] - 1).tolist()
             results.append(
@@ -107,14 +109,6 @@ def class_areas(mask: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
         for c, n in enumerate(counts[: len(classes)].tolist())
         if n
     ]
-
-
-def task_of(path: Path) -> str:
-    """The task of a checkpoint file (classification for an unreadable or older one)."""
-    try:
-        return str(ckpt.load(Path(path)).get("task", "classification"))
-    except Exception:  # the classification loader says what is wrong with it
-        return "classification"
 
 
 def write_model_dir(
