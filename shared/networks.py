@@ -26,6 +26,23 @@ class NetworkInfo:
     backbone: str | None = None
 
 
+CLASSIFIER_EXPORTS = ("torchscript", "onnx", "onnx-int8", "onnx-fp16")
+# torchvision's Faster R-CNN traces its RoI pooling into ONNX shapes that fail (onnxruntime:
+# "invalid expand shape") on images whose proposals leave a pyramid level empty, and SSDlite's
+# traced graph scores differently from the model; FCOS and RetinaNet export and match
+ONNX_DETECTORS = ("fcos_resnet18_fpn", "fcos_resnet50_fpn", "retinanet_resnet50_fpn_v2")
+
+
+def exports_of(name: str | None) -> tuple[str, ...]:
+    """What a trained model of this network can be downloaded as, besides its weights."""
+    info = CATALOG.get(name or "")
+    if info is None or info.task == "classification":
+        return CLASSIFIER_EXPORTS
+    if info.task == "segmentation":
+        return ("onnx", "torchscript")
+    return ("onnx",) if info.name in ONNX_DETECTORS else ()
+
+
 CATALOG: dict[str, NetworkInfo] = {
     n.name: n
     for n in [

@@ -338,16 +338,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
         def write(model_path: Path, out: Path) -> dict[str, Any]:
             if body.task != "classification":
-                if body.exports:
-                    raise ServiceError(
-                        400,
-                        "unsupported_task",
-                        "detection and segmentation models export no TorchScript or ONNX yet",
-                    )
                 try:
                     dense_model = predict.load(model_path, "cpu")
                 except inference.ModelFileError as exc:
                     raise _unavailable(exc) from None
+                allowed = predict.exports_of(dense_model)
+                refused = [e for e in body.exports if e not in allowed]
+                if refused:
+                    raise ServiceError(
+                        400,
+                        "unsupported_task",
+                        f"a {predict.type_name(dense_model)} model exports "
+                        f"{', '.join(allowed) or 'nothing but its weights'}, not {refused[0]}",
+                    )
                 return packed(
                     out,
                     lambda folder: predict.write_model_dir(
@@ -356,6 +359,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                         name=body.name,
                         resize_mode=body.resize_mode.value,
                         checkpoint=body.checkpoint.model_dump(mode="json"),
+                        exports=list(body.exports),
                     ),
                 )
             try:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from api.deps import get_current_user
 from shared import lr_policy
 from shared.errors import InvalidInput
-from shared.networks import CATALOG, recommended
+from shared.networks import CATALOG, CLASSIFIER_EXPORTS, exports_of, recommended
 from shared.schemas.common import Problem
 from shared.schemas.jobs import LRParams, LRPolicy, LRPreview, NetworkRead
 
@@ -34,6 +34,7 @@ def list_networks() -> list[NetworkRead]:
             default_batch_size=n.default_batch_size,
             task=n.task,
             recommended=recommended(n.name),
+            exports=list(exports_of(n.name)),
         )
         for n in CATALOG.values()
     ]
@@ -43,6 +44,7 @@ def list_networks() -> list[NetworkRead]:
             kind="custom",
             family="custom",
             default_batch_size=64,
+            exports=list(CLASSIFIER_EXPORTS),
             description="A declarative list of layers (conv2d, pooling, batchnorm, activations, "
             "dropout, flatten, linear), checked against the dataset before queueing",
         )

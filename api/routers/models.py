@@ -523,7 +523,9 @@ def download(
             description="Comma-separated: torchscript, onnx, onnx-int8, onnx-fp16 (models taking "
             "raw uint8 NHWC images). int8 is quantised statically (QDQ, per-channel) on training "
             "images; info.json's export_report compares it and fp16 with fp32 on the validation "
-            "split (top-1, size, CPU latency)"
+            "split (top-1, size, CPU latency). Detectors export onnx (one image in; boxes, "
+            "scores and labels out, NMS included), segmenters onnx and torchscript (mask and "
+            "probabilities out)"
         ),
     ] = None,
 ) -> Response:
@@ -531,13 +533,12 @@ def download(
     job = jobs_service.get_job(session, job_id, user)
     ckpt = models_service.resolve_checkpoint(session, job, checkpoint)
     exports = sorted({e.strip() for e in (export or "").split(",") if e.strip()})
-    if exports:
-        models_service.require_classification(session, job, "export")
     unknown = [e for e in exports if e not in EXPORTS]
     if unknown:
         raise InvalidInput(
             f"unknown export {unknown[0][:40]!r}: use {', '.join(EXPORTS)}", code="invalid_export"
         )
+    models_service.require_exports(session, job, exports)
     store = artifacts.get_store(settings)
     key = models_service.export_key(job.id, ckpt, exports, format)
     if not store.exists(key):

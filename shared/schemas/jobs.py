@@ -420,3 +420,7 @@ class NetworkRead(BaseModel):
         default_factory=dict,
         description='The recipe `"recipe": "recommended"` fills in (DIGITS\'s defaults otherwise)',
     )
+    exports: list[str] = Field(
+        default_factory=list,
+        description="What GET /jobs/{id}/download?export= gives for a model of this network",
+    )

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.models import Checkpoint, Dataset, Job, JobKind, PretrainedModel, Status, User
+from shared.networks import exports_of
 from shared.schemas.models import INFO_MAX_BYTES, InvalidModelInfo, ModelInfo, parse_model_info
 from shared.services import datasets as datasets_service
 from shared.services import dispatch, lifecycle
@@ -74,6 +75,45 @@ def require_classification(session: Session, job: Job, action: str) -> None:
         raise InvalidInput(
             f"job {job.id} trained a {task} model; {action} is for classification models so "
             f"far: use POST /jobs/{job.id}/predict",
+            code="unsupported_task",
+        )
+
+
+def standard_network(session: Session, job: Job) -> str | None:
+    """The catalog network a training job's weights are (through chains of previous jobs)."""
+    seen: set[uuid.UUID] = set()
+    current: Job | None = job
+    while current is not None and current.id not in seen:
+        seen.add(current.id)
+        network = (current.request or {}).get("network") or {}
+        if network.get("kind") == "standard":
+            return str(network.get("name"))
+        if network.get("kind") != "previous" or not network.get("job_id"):
+            return None
+        try:
+            current = session.get(Job, uuid.UUID(str(network["job_id"])))
+        except ValueError:
+            return None
+    return None
+
+
+def require_exports(session: Session, job: Job, exports: list[str]) -> None:
+    """A 400 for an export the job's kind of model does not have."""
+    task = job_task(session, job)
+    if task == "classification" or not exports:
+        return
+    network = standard_network(session, job)
+    allowed = exports_of(network) if network else ()
+    refused = [e for e in exports if e not in allowed]
+    if refused:
+        has = (
+            f"it exports {', '.join(allowed)} (post-processing included)"
+            if allowed
+            else f"{network} has no export that reproduces its predictions, only its weights "
+            "(fcos_resnet18_fpn, fcos_resnet50_fpn and retinanet_resnet50_fpn_v2 export onnx)"
+        )
+        raise InvalidInput(
+            f"job {job.id} trained a {task} model: {has}, not {refused[0][:40]}",
             code="unsupported_task",
         )
 

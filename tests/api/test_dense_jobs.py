@@ -11,6 +11,7 @@ import signal
 import tarfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,6 @@ def test_a_detector_killed_mid_training_resumes_and_predicts_boxes(
         # what only classifiers do yet is refused with the route to use
         for method, path, kwargs in (
             ("POST", f"/jobs/{job_id}/classify", {"files": [("images", held[0])]}),
-            ("GET", f"/jobs/{job_id}/download", {"params": {"export": "onnx"}}),
             ("POST", f"/jobs/{job_id}/explain", {"files": [("images", held[0])]}),
             ("POST", f"/jobs/{job_id}/pretrained", {"json": {}}),
         ):
@@ -157,6 +157,11 @@ def test_a_detector_killed_mid_training_resumes_and_predicts_boxes(
             assert refused.status_code == 400, (path, refused.text)
             assert refused.json()["code"] == "unsupported_task"
             assert "predict" in refused.json()["detail"]
+        for export in ("onnx-int8", "onnx-fp16", "torchscript"):
+            refused = client.get(f"/jobs/{job_id}/download", params={"export": export})
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["code"] == "unsupported_task"
+            assert "exports onnx" in refused.json()["detail"]
         archive = client.post(
             f"/jobs/{job_id}/evaluate", files={"archive": ("a.zip", b"PK", "application/zip")}
         )
@@ -187,6 +192,42 @@ def test_a_detector_killed_mid_training_resumes_and_predicts_boxes(
         assert (info["task"], info["network"]["name"]) == ("detection", "fcos_resnet18_fpn")
         assert info["classes"] == sorted(shapes.CLASSES)
         assert info["num_classes"] == len(shapes.CLASSES) + 1
+        _onnx_finds_the_predicted_boxes(client, job_id)
+
+
+def _onnx_finds_the_predicted_boxes(client: httpx.Client, job_id: str) -> None:
+    """The ONNX export (NMS and all inside) gives the boxes predict gives, in onnxruntime."""
+    import onnxruntime as ort
+
+    resp = client.get(f"/jobs/{job_id}/download", params={"export": "onnx"})
+    assert resp.status_code == 200, resp.text
+    with tarfile.open(fileobj=io.BytesIO(resp.content)) as tar:
+        assert "model.onnx" in tar.getnames()
+        info = json.load(tar.extractfile("info.json"))  # type: ignore[arg-type]
+        model = tar.extractfile("model.onnx").read()  # type: ignore[union-attr]
+    assert info["exports"] == {"onnx": "model.onnx"}
+    assert set(info["export_io"]["outputs"]) == {"boxes", "scores", "labels"}
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    found = 0
+    for i in (0, 1, 2):
+        name, png, mime = _upload_image(i, 1)
+        pred = client.post(
+            f"/jobs/{job_id}/predict",
+            data={"threshold": "0.3"},
+            files=[("images", (name, png, mime))],
+        ).json()["predictions"][0]["boxes"]
+        image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        boxes, scores, labels = session.run(None, {"image": image})
+        kept = scores >= 0.3
+        assert len(pred) == int(kept.sum()), (pred, scores)
+        for want, box, score, label in zip(
+            pred, boxes[kept], scores[kept], labels[kept], strict=True
+        ):
+            assert want["class_id"] == int(label)
+            assert want["score"] == pytest.approx(float(score), abs=1e-3)
+            assert want["stored_box"] == pytest.approx(box.tolist(), abs=0.05)
+        found += len(pred)
+    assert found > 0, "the trained detector finds objects in three images"
 
 
 def test_a_segmenter_trains_with_iou_and_predicts_masks(
@@ -222,6 +263,7 @@ def test_a_segmenter_trains_with_iou_and_predicts_masks(
         assert int(mask.max()) < len(masks["classes"])
         assert sum(a["pixels"] for a in pred["areas"]) == SIZE * SIZE
         assert sum(a["fraction"] for a in pred["areas"]) == pytest.approx(1.0, abs=1e-3)
+        _exports_give_the_predicted_mask(client, job_id, mask, len(masks["classes"]))
     # the same through the CLI, with the drawing saved
     image = tmp_path / "held.png"
     image.write_bytes(_upload_image(2, 1)[1])
@@ -230,6 +272,35 @@ def test_a_segmenter_trains_with_iou_and_predicts_masks(
     assert "% of the image" in result.stdout
     with Image.open(tmp_path / "o" / "held.png") as drawn:
         assert drawn.size == (SIZE, SIZE)
+
+
+def _exports_give_the_predicted_mask(
+    client: httpx.Client, job_id: str, mask: np.ndarray, classes: int
+) -> None:
+    """ONNX (onnxruntime) and TorchScript exports of the segmenter give predict's mask."""
+    import onnxruntime as ort
+    import torch
+
+    resp = client.get(f"/jobs/{job_id}/download", params={"export": "onnx,torchscript"})
+    assert resp.status_code == 200, resp.text
+    with tarfile.open(fileobj=io.BytesIO(resp.content)) as tar:
+        info = json.load(tar.extractfile("info.json"))  # type: ignore[arg-type]
+        onnx = tar.extractfile("model.onnx").read()  # type: ignore[union-attr]
+        script = tar.extractfile("model.torchscript.pt").read()  # type: ignore[union-attr]
+    assert info["exports"] == {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+    image = np.asarray(Image.open(io.BytesIO(_upload_image(2, 1)[1])).convert("RGB"))[None]
+    session = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
+    out_mask, probs = session.run(None, {"images": np.concatenate([image, image])})
+    assert out_mask.shape == (2, SIZE, SIZE)
+    assert probs.shape == (2, classes, SIZE, SIZE)
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    # argmax ties between float paths may flip a handful of border pixels
+    assert (out_mask[0] == mask).mean() > 0.995
+    with warnings.catch_warnings():  # TorchScript is deprecated upstream, still what users run
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.load(io.BytesIO(script))
+    ts_mask, _ = traced(torch.from_numpy(image.copy()))
+    assert (ts_mask[0].numpy() == mask).mean() > 0.995
 
 
 @pytest.mark.parametrize(
@@ -384,3 +455,10 @@ def test_the_catalog_names_each_networks_task(pg_stack: Stack) -> None:
     assert rows["lraspp_mobilenet_v3_large"]["task"] == "segmentation"
     assert rows["lenet"]["task"] == "classification"
     assert rows["fcos_resnet18_fpn"]["recommended"]["solver"] == "adamw"
+    # and what each exports: Faster R-CNN and SSDlite only their weights
+    assert rows["fcos_resnet18_fpn"]["exports"] == ["onnx"]
+    assert rows["fasterrcnn_mobilenet_v3_large_fpn"]["exports"] == []
+    assert rows["ssdlite320_mobilenet_v3_large"]["exports"] == []
+    assert rows["lraspp_mobilenet_v3_large"]["exports"] == ["onnx", "torchscript"]
+    assert "onnx-int8" in rows["lenet"]["exports"]
+    assert "onnx-int8" in rows["custom"]["exports"]

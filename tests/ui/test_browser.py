@@ -222,6 +222,17 @@ def test_a_detector_from_the_form_charts_map_and_draws_its_predictions(
     if shots:
         page.wait_for_timeout(300)
         page.screenshot(path=str(Path(shots) / "job-detection-predict-light.png"), full_page=True)
+    # its download offers the ONNX export (post-processing inside), not TorchScript
+    page.click("[data-tab=checkpoints]")
+    page.locator("button:has-text('Download')").first.click()
+    page.wait_for_selector("#d-onnx")
+    assert page.locator("#d-torchscript").count() == 0
+    page.check("#d-onnx")
+    href = page.get_attribute("a.btn.primary:has-text('Download')", "href")
+    assert "export=onnx" in href, href
+    with _api(ui_stack) as client:
+        assert client.get(href.removeprefix("/api/v1")).status_code == 200
+    page.click("button:has-text('Cancel')")
     # evaluated on its val split: mAP and the per-class precision-recall curves
     page.click("[data-tab=evaluate]")
     assert page.locator("option[value=archive]").count() == 0

@@ -218,3 +218,54 @@ def test_a_segmentation_run_stops_early_on_its_own_metric(tmp_path: Path) -> Non
     assert "val.miou" in result.best
     best = next(c for c in reversed(reporter.checkpoints) if c.name == "best")
     assert best.metrics["val.miou"] == result.best["val.miou"]
+
+
+def test_the_onnx_exports_match_the_torch_predictions(tmp_path: Path) -> None:
+    """An FCOS (random weights, its score floor at 0 so that it boxes something) and an
+    LR-ASPP exported with their pre- and post-processing run in onnxruntime as predict runs
+    them in torch; Faster R-CNN, whose traced RoI pooling fails on some images, is refused."""
+    import onnxruntime as ort
+
+    from worker.training import predict
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+
+    def loaded(name: str, task: str, classes: list[str]) -> predict.DenseModel:
+        model = dense.build(name, task, len(classes), 64, 64).eval()
+        meta = {"network_name": name}
+        return predict.DenseModel(model, task, classes, 64, 64, 3, torch.device("cpu"), meta)
+
+    detector = loaded("fcos_resnet18_fpn", "detection", ["a", "b", "c"])
+    detector.model.score_thresh = 0.0  # type: ignore[assignment]
+    predict.export_onnx(detector, tmp_path / "det.onnx")
+    session = ort.InferenceSession(str(tmp_path / "det.onnx"), providers=["CPUExecutionProvider"])
+    for image, want in zip(images, detector.detect(images, 0.0), strict=True):
+        boxes, scores, labels = session.run(None, {"image": image})
+        assert len(want) == len(scores) > 0
+        assert [w["class_id"] for w in want] == labels.tolist()
+        assert np.allclose([w["box"] for w in want], boxes, atol=0.02)
+        assert np.allclose([w["score"] for w in want], scores, atol=1e-4)
+    segmenter = loaded("lraspp_mobilenet_v3_large", "segmentation", ["background", "x", "y"])
+    info = predict.write_model_dir(
+        segmenter, tmp_path, name="s", resize_mode="squash", checkpoint={}, exports=["onnx"]
+    )
+    assert info["exports"] == {"onnx": "model.onnx"}
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    mask, probs = session.run(None, {"images": images})
+    assert probs.shape == (2, 3, 64, 64)
+    assert (mask == segmenter.segment(images)).mean() > 0.995
+    for name, export in (("fcos_resnet18_fpn", "torchscript"), (FASTER, "onnx")):
+        with pytest.raises(ValueError, match=f"does not export {export}"):
+            predict.write_model_dir(
+                loaded(name, "detection", ["a"]),
+                tmp_path,
+                name="d",
+                resize_mode="squash",
+                checkpoint={},
+                exports=[export],
+            )
+
+
+FASTER = "fasterrcnn_mobilenet_v3_large_320_fpn"

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared import networks
 from worker.training import checkpoint as ckpt
 from worker.training import dense
 from worker.training.inference import ModelFileError
@@ -100,6 +101,119 @@ def load(path: Path, device: str | torch.device = "cpu") -> DenseModel:
     return DenseModel(model, task, classes, height, width, channels, dev, meta)
 
 
+class _DetectorExport(nn.Module):
+    """One uint8 H x W x C image in; its boxes (pixels at the training size), scores and class
+    ids out, after the network's own post-processing (score floor, NMS, top-k), background
+    dropped."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = dense._as_rgb(image.permute(2, 0, 1).unsqueeze(0))[0]
+        out = self.model([x])[0]
+        keep = out["labels"] > 0
+        return out["boxes"][keep], out["scores"][keep], out["labels"][keep] - 1
+
+
+class _SegmenterExport(nn.Module):
+    """uint8 N x H x W x C images in; class-index masks (uint8) and per-pixel class
+    probabilities out."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = dense._normalise(dense._as_rgb(images.permute(0, 3, 1, 2)))
+        probs = self.model(x)["out"].softmax(1)
+        return probs.argmax(1).to(torch.uint8), probs
+
+
+def exports_of(model: DenseModel) -> tuple[str, ...]:
+    """What this model exports (shared.networks says why Faster R-CNN and SSDlite do not)."""
+    return networks.exports_of(type_name(model))
+
+
+# what the exported files take and give (info.json repeats it)
+EXPORT_IO = {
+    "detection": {
+        "inputs": {"image": "uint8 [height, width, channels]: one image at the training size"},
+        "outputs": {
+            "boxes": "float32 [n, 4]: x0, y0, x1, y1 in the input's pixels",
+            "scores": "float32 [n], best first, above the network's own floor",
+            "labels": "int64 [n]: index into labels.txt",
+        },
+    },
+    "segmentation": {
+        "inputs": {"images": "uint8 [batch, height, width, channels] at the training size"},
+        "outputs": {
+            "mask": "uint8 [batch, height, width]: index into labels.txt",
+            "probabilities": "float32 [batch, classes, height, width]",
+        },
+    },
+}
+
+
+def export_onnx(model: DenseModel, path: Path) -> None:
+    """ONNX with the pre- and post-processing inside (opset 17, TorchScript-based exporter:
+    torchvision's detectors trace their NMS and box decoding into ONNX ops)."""
+    import warnings
+
+    cpu = model.model.to("cpu").eval()
+    if model.task == "detection":
+        wrapper: nn.Module = _DetectorExport(cpu)
+        # noise, not zeros: the trace follows the branches of an image that yields boxes
+        gen = torch.Generator().manual_seed(0)
+        shape = (model.height, model.width, model.channels)
+        example = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
+        inputs, outputs = ["image"], ["boxes", "scores", "labels"]
+        axes = {"boxes": {0: "n"}, "scores": {0: "n"}, "labels": {0: "n"}}
+    else:
+        wrapper = _SegmenterExport(cpu)
+        example = torch.zeros(1, model.height, model.width, model.channels, dtype=torch.uint8)
+        inputs, outputs = ["images"], ["mask", "probabilities"]
+        axes = {"images": {0: "batch"}, "mask": {0: "batch"}, "probabilities": {0: "batch"}}
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # the tracer's notes on python ints in torchvision's box code: expected, not faults
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper.eval(),
+                (example,),
+                str(path),
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_axes=axes,
+                opset_version=17,
+                dynamo=False,
+            )
+    finally:
+        model.model.to(model.device)
+
+
+def export_torchscript(model: DenseModel, path: Path) -> None:
+    """TorchScript of a segmenter with its preprocessing (uint8 NHWC in, mask and
+    probabilities out). Detectors trace no further than their first image list: ONNX only."""
+    if model.task != "segmentation":
+        raise ValueError("only segmenters export TorchScript")
+    import warnings
+
+    cpu = model.model.to("cpu").eval()
+    example = torch.zeros(1, model.height, model.width, model.channels, dtype=torch.uint8)
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(_SegmenterExport(cpu).eval(), example, check_trace=False)
+        traced.save(str(path))
+    finally:
+        model.model.to(model.device)
+
+
+EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+
+
 def class_areas(mask: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
     """Pixels and share of the image per class present in a mask."""
     counts = np.bincount(mask.reshape(-1), minlength=len(classes))
@@ -112,9 +226,16 @@ def class_areas(mask: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
 
 
 def write_model_dir(
-    model: DenseModel, folder: Path, *, name: str, resize_mode: str, checkpoint: dict[str, Any]
+    model: DenseModel,
+    folder: Path,
+    *,
+    name: str,
+    resize_mode: str,
+    checkpoint: dict[str, Any],
+    exports: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """info.json, labels.txt and weights.safetensors of a detector or segmenter.
+    """info.json, labels.txt and weights.safetensors of a detector or segmenter, and the
+    exports asked for (model.onnx, model.torchscript.pt).
 
     The weights load into the torchvision builder info.json names, with weights=None,
     num_classes as info.json says (detectors count a background class 0) and
@@ -122,6 +243,15 @@ def write_model_dir(
     import json
 
     from safetensors.torch import save_file
+
+    unknown = [e for e in exports if e not in exports_of(model)]
+    if unknown:
+        raise ValueError(f"a {type_name(model)} model does not export {unknown[0]}")
+    files = {e: EXPORT_FILES[e] for e in exports}
+    if "onnx" in files:
+        export_onnx(model, folder / files["onnx"])
+    if "torchscript" in files:
+        export_torchscript(model, folder / files["torchscript"])
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.model.state_dict().items()}
     save_file(state, str(folder / "weights.safetensors"), metadata={"format": "digits"})
@@ -143,6 +273,8 @@ def write_model_dir(
             + ("" if model.task == "detection" else ", then ImageNet mean and std"),
         },
         "checkpoint": checkpoint,
+        "exports": files,
+        **({"export_io": EXPORT_IO[model.task]} if files else {}),
         "epoch": model.meta.get("epoch"),
         "step": model.meta.get("step"),
     }

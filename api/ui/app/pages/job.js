@@ -389,7 +389,18 @@ function DownloadDialog({ job, checkpoints, onClose }) {
   const [ckpt, setCkpt] = useState(checkpoints.some((c) => c.name === "best") ? "best" : (checkpoints[0] || {}).name);
   const [format, setFormat] = useState("tar.gz");
   const [exports, setExports] = useState({ onnx: false, torchscript: false });
-  const ex = Object.keys(exports).filter((k) => exports[k]);
+  const task = job.request.task || "classification";
+  // what this network exports (GET /networks says; Faster R-CNN and SSDlite only their weights)
+  const [allowed, setAllowed] = useState(task === "detection" ? ["onnx"] : ["onnx", "torchscript"]);
+  useEffect(() => {
+    const net = job.request.network || {};
+    if (task === "classification" || net.kind !== "standard") return;
+    api("/networks").then((rows) => {
+      const row = rows.find((r) => r.name === net.name);
+      if (row) setAllowed(row.exports.filter((e) => e === "onnx" || e === "torchscript"));
+    }).catch(() => {});
+  }, [job.id]);
+  const ex = Object.keys(exports).filter((k) => exports[k] && allowed.includes(k));
   const href = `/api/v1/jobs/${job.id}/download?${new URLSearchParams({ checkpoint: ckpt, format, ...(ex.length ? { export: ex.join(",") } : {}) })}`;
   return html`<${Dialog} title="Download the model" onClose=${onClose} foot=${html`<button onClick=${onClose}>Cancel</button><a class="btn primary" href=${href} download onClick=${() => setTimeout(onClose, 100)}>Download</a>`}>
     <div class="form">
@@ -397,8 +408,12 @@ function DownloadDialog({ job, checkpoints, onClose }) {
         <div class="field"><label for="d-ck">Checkpoint</label><select id="d-ck" value=${ckpt} onChange=${(e) => setCkpt(e.target.value)}>${ckptOptions(checkpoints)}</select></div>
         <div class="field"><label for="d-fmt">Archive</label><select id="d-fmt" value=${format} onChange=${(e) => setFormat(e.target.value)}><option value="tar.gz">tar.gz</option><option value="zip">zip</option></select></div>
       </div>
-      <div class="row wrap">${["onnx", "torchscript"].map((k) => html`<div class="field check"><input id=${`d-${k}`} type="checkbox" checked=${exports[k]} onChange=${(e) => setExports({ ...exports, [k]: e.target.checked })} /><label for=${`d-${k}`}>${k === "onnx" ? "ONNX" : "TorchScript"} export</label></div>`)}</div>
-      <div class="small muted">The archive holds info.json, labels.txt, weights.safetensors and mean.npy, as DIGITS's did; exports take raw uint8 NHWC images. The first export of a checkpoint takes a few seconds.</div>
+      <div class="row wrap">${allowed.length === 0 && html`<span class="small muted">This network exports no ONNX or TorchScript that reproduces its predictions: the archive holds its weights.</span>`}${allowed.map((k) => html`<div class="field check"><input id=${`d-${k}`} type="checkbox" checked=${exports[k]} onChange=${(e) => setExports({ ...exports, [k]: e.target.checked })} /><label for=${`d-${k}`}>${k === "onnx" ? "ONNX" : "TorchScript"} export</label></div>`)}</div>
+      <div class="small muted">${task === "classification"
+        ? "The archive holds info.json, labels.txt, weights.safetensors and mean.npy, as DIGITS's did; exports take raw uint8 NHWC images."
+        : task === "detection"
+          ? "The archive holds info.json, labels.txt and weights.safetensors; the ONNX export takes one uint8 HWC image and gives boxes, scores and labels, NMS included."
+          : "The archive holds info.json, labels.txt and weights.safetensors; exports take uint8 NHWC images and give the class mask and probabilities."} The first export of a checkpoint takes a few seconds.</div>
     </div>
   <//>`;
 }
