@@ -521,12 +521,28 @@ def _image_files(names: list[str]) -> list[tuple[str, tuple[str, bytes, str]]]:
 
 def predict(api: Api, args: argparse.Namespace) -> int:
     files = _image_files(args.images)
-    body = api.request(
+    if args.archive:
+        archive = Path(args.archive)
+        if not archive.is_file():
+            _fail(f"{archive} is not a file", EXIT_USAGE)
+        files.append(("archive", (archive.name, archive.read_bytes(), "application/octet-stream")))
+    if not files:
+        _fail("give images or --archive", EXIT_USAGE)
+    resp = api.request(
         "POST",
         f"/jobs/{args.job}/predict",
         files=files,
         data={"checkpoint": args.checkpoint, "threshold": repr(args.threshold)},
-    ).json()
+    )
+    body = resp.json()
+    if resp.status_code == 202:  # many images or an archive: a prediction job
+        print(
+            json.dumps(body)
+            if args.json
+            else f"prediction job {body['id']} queued; results at "
+            f"/api/v1/jobs/{body['id']}/results (?format=csv for all)"
+        )
+        return 0
     if args.save_overlays:
         import base64
 
@@ -801,7 +817,8 @@ def add_client_commands(sub: Any) -> None:
 
     pr = client_parser("predict", help="boxes or masks from a detection or segmentation job")
     pr.add_argument("job")
-    pr.add_argument("images", nargs="+")
+    pr.add_argument("images", nargs="*")
+    pr.add_argument("--archive", metavar="FILE", help="a zip or tar of images: a prediction job")
     pr.add_argument("--checkpoint", default="best")
     pr.add_argument("--threshold", type=float, default=0.5, help="detection: lowest score")
     pr.add_argument("--save-overlays", metavar="DIR", help="write each drawing here as PNG")

@@ -90,7 +90,9 @@ def run_inference(running: lifecycle.Running) -> lifecycle.Outcome:
     ctx = context.get()
     request = running.row.request
     folder = _inputs(running.id)
-    model = inference.load_checkpoint(_checkpoint_path(running), "cpu")
+    dense = request.get("task", "classification") != "classification"
+    if not dense:
+        model = inference.load_checkpoint(_checkpoint_path(running), "cpu")
     running.check()
     sources: list[tuple[str, Path]] = []
     inputs = folder / "inputs"
@@ -111,6 +113,8 @@ def run_inference(running: lifecycle.Running) -> lifecycle.Outcome:
     running.check()
     if not sources:
         return lifecycle.Outcome(Status.ERROR, "no images to classify")
+    if dense:
+        return _predict_dense(running, folder, sources)
     k = int(request.get("top_k", 5))
     tmp = folder / ".results.jsonl.tmp"
     failed = 0
@@ -160,6 +164,62 @@ def run_inference(running: lifecycle.Running) -> lifecycle.Outcome:
             }
         },
     )
+
+
+DENSE_CHUNK = 32  # images per forward pass of a prediction job
+
+
+def _predict_dense(
+    running: lifecycle.Running, folder: Path, sources: list[tuple[str, Path]]
+) -> lifecycle.Outcome:
+    """Boxes or masks for every image, as JSON lines (POST /predict's rows, without the
+    drawings; masks as PNGs inline)."""
+    from worker.training import predict
+    from worker.training.inference import ModelFileError
+
+    ctx = context.get()
+    request = running.row.request
+    try:
+        model = predict.load(_checkpoint_path(running), "cpu")
+    except ModelFileError as exc:
+        return lifecycle.Outcome(Status.ERROR, str(exc))
+
+    def describe(name: str, exc: Exception) -> str:
+        if isinstance(exc, images.ImageError):
+            return f"{name}: {exc.message}"
+        log.warning("job=%s %s: %s", running.id, name, type(exc).__name__)
+        return f"{name}: cannot be converted"
+
+    tmp = folder / ".results.jsonl.tmp"
+    failed = found = 0
+    with open(tmp, "w") as fh:
+        for start in range(0, len(sources), DENSE_CHUNK):
+            chunk = sources[start : start + DENSE_CHUNK]
+            rows = predict.prediction_rows(
+                model,
+                [(name, path.read_bytes()) for name, path in chunk],
+                resize_mode=request["resize_mode"],
+                threshold=float(request.get("threshold", 0.5)),
+                max_pixels=ctx.settings.max_image_pixels,
+                describe=describe,
+                drawn=False,
+            )
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+                failed += "error" in row
+                found += len(row.get("boxes") or ())
+            _progress(running, start + len(chunk), len(sources))
+    os.replace(tmp, folder / "results.jsonl")
+    storage.remove_tree(folder / "extracted")
+    _store_results(running.id, folder, ["results.jsonl"])
+    point = {"step": 0, "epoch": 0.0}
+    values = {
+        "inference.images": {"value": float(len(sources)), **point},
+        "inference.failed": {"value": float(failed), **point},
+    }
+    if model.task == "detection":
+        values["inference.boxes"] = {"value": float(found), **point}
+    return lifecycle.Outcome(Status.DONE, values={"last": values})
 
 
 def run_evaluation(running: lifecycle.Running) -> lifecycle.Outcome:
@@ -249,8 +309,20 @@ def _evaluate_dense(running: lifecycle.Running, folder: Path) -> lifecycle.Outco
         return lifecycle.Outcome(Status.ERROR, str(exc))
     running.check()
     split = request.get("split", "val")
-    dataset_id = request["dataset_id"]
-    dataset_dir = artifacts.local_dataset(ctx.settings, uuid.UUID(dataset_id))
+    dataset_id = request.get("dataset_id")
+    skipped: dict[str, Any] = {}
+    if dataset_id:
+        dataset_dir = artifacts.local_dataset(ctx.settings, uuid.UUID(dataset_id))
+    else:
+        from worker.datasets.importer import DatasetImportError
+
+        try:
+            dataset_dir, skipped = _import_annotated_archive(
+                folder, model, request["resize_mode"], running
+            )
+        except (archives.UnsafeArchive, DatasetImportError) as exc:
+            return lifecycle.Outcome(Status.ERROR, f"archive: {exc}")
+        split = "train"
     if dataset_store.read_classes(dataset_dir) != model.classes:
         return lifecycle.Outcome(Status.ERROR, "the data's classes are not the model's")
     reader = dataset_store.open_split(dataset_dir, split)
@@ -270,7 +342,9 @@ def _evaluate_dense(running: lifecycle.Running, folder: Path) -> lifecycle.Outco
         dataset_id=dataset_id,
         split=split,
         classes=model.classes,
+        **skipped,
     )
+    storage.remove_tree(folder / "eval-data")
     storage.atomic_write(folder / "evaluation.json", json.dumps(result).encode())
     _store_results(running.id, folder, ["evaluation.json"])
     point = {"step": 0, "epoch": 0.0}
@@ -280,19 +354,56 @@ def _evaluate_dense(running: lifecycle.Running, folder: Path) -> lifecycle.Outco
     )
 
 
+def _extracted(folder: Path) -> tuple[Path, Path]:
+    """The uploaded labelled archive, extracted (within the archive limits), and where its
+    import goes."""
+    src = folder / "extracted"
+    storage.remove_tree(src)
+    src.mkdir()
+    archives.extract_archive(
+        folder / "input.archive", src, archives.ArchiveLimits.from_settings(context.get().settings)
+    )
+    out = folder / "eval-data"
+    storage.remove_tree(out)
+    return src, out
+
+
+def _import_annotated_archive(
+    folder: Path, model: Any, resize_mode: str, running: lifecycle.Running
+) -> tuple[Path, dict[str, Any]]:
+    """Import an uploaded detection or segmentation archive (any format the dataset import
+    reads) with the model's geometry and classes; what it skipped (unknown classes among it)."""
+    from worker.datasets.annotated import AnnotatedOptions, import_annotated
+    from worker.datasets.importer import ImportOptions, Source
+
+    ctx = context.get()
+    src, out = _extracted(folder)
+    result = import_annotated(
+        Source(kind="folder", root=src),
+        ImportOptions(
+            width=model.width,
+            height=model.height,
+            channels=model.channels,
+            resize_mode=resize_mode,
+            val_pct=0,
+            test_pct=0,
+            encoding="raw",
+            max_image_pixels=ctx.settings.max_image_pixels,
+        ),
+        AnnotatedOptions(task=model.task, format="auto", classes=list(model.classes)),
+        out,
+        should_abort=running.should_stop,
+    )
+    storage.remove_tree(src)
+    return out, {"skipped": result.skipped, "skipped_samples": result.skipped_samples[:20]}
+
+
 def _import_archive(folder: Path, model: Any, resize_mode: str, running: lifecycle.Running) -> Path:
     """Import an uploaded labelled archive with the model's input geometry."""
     from worker.datasets.importer import ImportOptions, Source, import_dataset
 
     ctx = context.get()
-    src = folder / "extracted"
-    storage.remove_tree(src)
-    src.mkdir()
-    archives.extract_archive(
-        folder / "input.archive", src, archives.ArchiveLimits.from_settings(ctx.settings)
-    )
-    out = folder / "eval-data"
-    storage.remove_tree(out)
+    src, out = _extracted(folder)
     import_dataset(
         Source(kind="folder", root=src),
         ImportOptions(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import io
 import logging
 import os
 import re
@@ -37,7 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import artifacts, images, overlays
+from shared import artifacts, images
 from shared.models.enums import ResizeMode
 from shared.schemas.models import (
     ExportReport,
@@ -619,69 +618,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
             model = cache.get_dense(model_path)
         except (inference.ModelFileError, FileNotFoundError, NotADirectoryError) as exc:
             raise _unavailable(exc) from None
-        rows: list[dict[str, Any]] = []
-        arrays: list[np.ndarray] = []
-        places: list[tuple[int, int, tuple[float, float, float, float]]] = []
-        for name, data in payload:
-            try:
-                img = images.decode(data, max_pixels=settings.max_image_pixels)
-                arr = images.prepare(
-                    img,
-                    model.width,
-                    model.height,
-                    model.channels,
-                    resize_mode.value,
-                    np.random.default_rng(0),
-                )
-            except images.ImageError as exc:
-                rows.append({"filename": name, "error": clean(f"{_label(name)}: {exc.message}")})
-                continue
-            except Exception as exc:
-                log.warning("image %s not converted: %s", _label(name), type(exc).__name__)
-                rows.append({"filename": name, "error": f"{_label(name)}: cannot be converted"})
-                continue
-            geometry = images.geometry(
-                img.width, img.height, model.width, model.height, resize_mode.value
-            )
-            places.append((len(rows), len(arrays), geometry))
-            rows.append({"filename": name, "width": img.width, "height": img.height})
-            arrays.append(arr)
-        if not arrays:
+
+        def describe(name: str, exc: Exception) -> str:
+            if isinstance(exc, images.ImageError):
+                return clean(f"{_label(name)}: {exc.message}")
+            log.warning("image %s not converted: %s", _label(name), type(exc).__name__)
+            return f"{_label(name)}: cannot be converted"
+
+        rows = predict.prediction_rows(
+            model,
+            payload,
+            resize_mode=resize_mode.value,
+            threshold=threshold,
+            max_pixels=settings.max_image_pixels,
+            describe=describe,
+        )
+        if all("error" in row for row in rows):
             raise ServiceError(400, "invalid_image", rows[0]["error"])
-        batch = np.stack(arrays)
-        if model.task == "detection":
-            found = model.detect(batch, threshold)
-            for row_i, arr_i, (sx, sy, dx, dy) in places:
-                boxes = found[arr_i]
-                for box in boxes:  # back onto the uploaded image
-                    x0, y0, x1, y1 = box["box"]
-                    box["box"] = [
-                        round(max(0.0, min(rows[row_i]["width"], (x0 - dx) / sx)), 2),
-                        round(max(0.0, min(rows[row_i]["height"], (y0 - dy) / sy)), 2),
-                        round(max(0.0, min(rows[row_i]["width"], (x1 - dx) / sx)), 2),
-                        round(max(0.0, min(rows[row_i]["height"], (y1 - dy) / sy)), 2),
-                    ]
-                    box["stored_box"] = [x0, y0, x1, y1]
-                stored = np.array([b["stored_box"] for b in boxes], dtype=np.float32).reshape(-1, 4)
-                rows[row_i]["boxes"] = boxes
-                rows[row_i]["overlay_png"] = base64.b64encode(
-                    overlays.boxes_png(
-                        arrays[arr_i],
-                        stored,
-                        np.array([b["class_id"] for b in boxes], dtype=np.int64),
-                        model.classes,
-                        scores=np.array([b["score"] for b in boxes], dtype=np.float32),
-                    )
-                ).decode("ascii")
-        else:
-            masks = model.segment(batch)
-            for row_i, arr_i, _geometry in places:
-                mask = masks[arr_i]
-                rows[row_i]["areas"] = predict.class_areas(mask, model.classes)
-                rows[row_i]["mask_png"] = base64.b64encode(store_png(mask)).decode("ascii")
-                rows[row_i]["overlay_png"] = base64.b64encode(
-                    overlays.mask_png(arrays[arr_i], mask)
-                ).decode("ascii")
         return {
             "task": model.task,
             "classes": model.classes,
@@ -761,15 +714,6 @@ class AnswerEveryFailure:
                     500, "model_service_error", "the model service failed on this request"
                 )
                 await response(scope, receive, send)
-
-
-def store_png(mask: np.ndarray) -> bytes:
-    """A class-index mask as a greyscale PNG whose values are the class ids."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(mask, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def load_fresh(

@@ -21,12 +21,10 @@ from api.deps import CurrentUser, SessionDep, SettingsDep, get_current_user
 from api.routers.models import (
     _model_server,
     _multipart,
-    _publish_inputs,
     _result,
     _safe_name,
-    _save,
+    model_job_with_inputs,
 )
-from shared import archives, artifacts, storage
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.models import Dataset, Job, JobKind, Status
 from shared.schemas.common import PROBLEM_RESPONSES, Problem
@@ -165,8 +163,9 @@ def _explain_job(
     user: CurrentUser,
 ) -> JSONResponse:
     """Queue the images as an explain job (inputs stored first, then the commit sends it)."""
-    job = models_service.create_model_job(
+    read = model_job_with_inputs(
         session,
+        settings,
         JobKind.EXPLAIN,
         source,
         user,
@@ -180,25 +179,10 @@ def _explain_job(
             "steps": form.steps,
             "window": form.window,
         },
-        name=f"explain {source.name}",
+        f"explain {source.name}",
+        images,
+        form.archive,
     )
-    folder = storage.job_dir(settings, job.id) / "inputs"
-    try:
-        if form.archive is not None:
-            path = _save(form.archive, folder.parent / "input.archive")
-            try:
-                archives.inspect_archive(path, archives.ArchiveLimits.from_settings(settings))
-            except archives.UnsafeArchive as exc:
-                raise InvalidInput(f"archive: {exc}", code=exc.code) from exc
-        for i, image in enumerate(images):
-            _save(image, folder / f"{i:07d}-{_safe_name(image.filename, 'image')}")
-        _publish_inputs(settings, job.id, folder.parent)
-        read = jobs_service.read(session, job)
-        session.commit()  # the job's message leaves now, after its inputs are stored
-    except BaseException:
-        session.rollback()
-        artifacts.remove_job(settings, job.id)
-        raise
     return JSONResponse(read.model_dump(mode="json"), status_code=202)
 
 

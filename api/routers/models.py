@@ -15,11 +15,12 @@ import httpx
 from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
 from api.deps import CurrentUser, SessionDep, SettingsDep, get_current_user
 from shared import archives, artifacts, storage
 from shared.errors import Conflict, DomainError, InvalidInput, NotFound, ServiceUnavailable
-from shared.models import JobKind, Status
+from shared.models import Job, JobKind, Status, User
 from shared.schemas.common import PROBLEM_RESPONSES, Problem
 from shared.schemas.jobs import JobRead
 from shared.schemas.models import (
@@ -30,6 +31,7 @@ from shared.schemas.models import (
     DenseEvaluationResults,
     EvaluationResults,
     InferenceResults,
+    PredictionResults,
     PredictResult,
     PretrainedModelRead,
     ToPretrained,
@@ -105,6 +107,9 @@ class PredictForm(BaseModel):
     checkpoint: str = Field(default="best", description="best, last, or an epoch number")
     threshold: float = Field(
         default=0.5, ge=0, le=1, description="Detection: the lowest score of a box returned"
+    )
+    archive: UploadFile | None = Field(
+        default=None, description="A zip or tar of images: a prediction job, like many images"
     )
 
 
@@ -185,31 +190,18 @@ def classify(
             code="visualize_one_image",
         )
     if form.archive is not None or len(images) > settings.classify_max_images:
-        infer = models_service.create_model_job(
+        request_ = {"checkpoint": ckpt.name, "top_k": form.top_k, "resize_mode": resize_mode}
+        read = model_job_with_inputs(
             session,
+            settings,
             JobKind.INFERENCE,
             job,
             user,
-            {"checkpoint": ckpt.name, "top_k": form.top_k, "resize_mode": resize_mode},
-            name=f"classify with {job.name}",
+            request_,
+            f"classify with {job.name}",
+            images,
+            form.archive,
         )
-        folder = storage.job_dir(settings, infer.id) / "inputs"
-        try:
-            if form.archive is not None:
-                path = _save(form.archive, folder.parent / "input.archive")
-                try:
-                    archives.inspect_archive(path, archives.ArchiveLimits.from_settings(settings))
-                except archives.UnsafeArchive as exc:
-                    raise InvalidInput(f"archive: {exc}", code=exc.code) from exc
-            for i, image in enumerate(images):
-                _save(image, folder / f"{i:07d}-{_safe_name(image.filename, 'image')}")
-            _publish_inputs(settings, infer.id, folder.parent)
-            read = jobs_service.read(session, infer)
-            session.commit()  # the job's message leaves now, after its inputs are stored
-        except BaseException:
-            session.rollback()
-            artifacts.remove_job(settings, infer.id)
-            raise
         return JSONResponse(read.model_dump(mode="json"), status_code=202)
     files = _forwarded(images)
     body = _model_server(
@@ -228,12 +220,50 @@ def classify(
     )
 
 
+def model_job_with_inputs(
+    session: Session,
+    settings: Settings,
+    kind: JobKind,
+    job: Job,
+    user: User,
+    request: dict[str, Any],
+    name: str,
+    images: list[UploadFile],
+    archive: UploadFile | None,
+) -> JobRead:
+    """An inference or explain job over uploaded images and/or an archive; it is sent once
+    they are stored (and the archive passed its inspection)."""
+    made = models_service.create_model_job(session, kind, job, user, request, name)
+    folder = storage.job_dir(settings, made.id) / "inputs"
+    try:
+        if archive is not None:
+            path = _save(archive, folder.parent / "input.archive")
+            try:
+                archives.inspect_archive(path, archives.ArchiveLimits.from_settings(settings))
+            except archives.UnsafeArchive as exc:
+                raise InvalidInput(f"archive: {exc}", code=exc.code) from exc
+        for i, image in enumerate(images):
+            _save(image, folder / f"{i:07d}-{_safe_name(image.filename, 'image')}")
+        _publish_inputs(settings, made.id, folder.parent)
+        read = jobs_service.read(session, made)
+        session.commit()  # the job's message leaves now, after its inputs are stored
+    except BaseException:
+        session.rollback()
+        artifacts.remove_job(settings, made.id)
+        raise
+    return read
+
+
 @router.post(
     "/jobs/{job_id}/predict",
     operation_id="predict_images",
     summary="Detect objects in or segment images with a trained model",
     response_model=PredictResult,
-    responses={**PROBLEM_RESPONSES, 503: {"model": Problem}},
+    responses={
+        **PROBLEM_RESPONSES,
+        202: {"model": JobRead, "description": "A prediction job"},
+        503: {"model": Problem},
+    },
     openapi_extra=_multipart("PredictForm"),
 )
 def predict(
@@ -245,7 +275,8 @@ def predict(
     user: CurrentUser,
 ) -> Any:
     """Boxes ({label, score, box}) above the threshold, or a class mask with per-class areas,
-    for each image, with the prediction drawn; answered by the model service."""
+    for each image, with the prediction drawn; answered by the model service. Many images or an
+    archive make a prediction job (202) whose results hold the same rows, undrawn."""
     job = jobs_service.get_job(session, job_id, user)
     ckpt = models_service.resolve_checkpoint(session, job, form.checkpoint)
     task = models_service.job_task(session, job)
@@ -255,14 +286,28 @@ def predict(
             code="unsupported_task",
         )
     images = [f for f in form.images if f.filename or f.size]
-    if not images:
-        raise InvalidInput("send one or more `images`", code="no_images")
-    if len(images) > settings.classify_max_images:
-        raise InvalidInput(
-            f"at most {settings.classify_max_images} images per request "
-            "(DIGITS_CLASSIFY_MAX_IMAGES)",
-            code="too_many_images",
+    if not images and form.archive is None:
+        raise InvalidInput("send one or more `images`, or an `archive`", code="no_images")
+    resize_mode = models_service.resize_mode_of(session, job)
+    if form.archive is not None or len(images) > settings.classify_max_images:
+        request_ = {
+            "checkpoint": ckpt.name,
+            "threshold": float(form.threshold),
+            "resize_mode": resize_mode,
+            "task": task,
+        }
+        read = model_job_with_inputs(
+            session,
+            settings,
+            JobKind.INFERENCE,
+            job,
+            user,
+            request_,
+            f"predict with {job.name}",
+            images,
+            form.archive,
         )
+        return JSONResponse(read.model_dump(mode="json"), status_code=202)
     files = _forwarded(images)
     body = _model_server(
         request,
@@ -270,7 +315,7 @@ def predict(
         "/predict",
         data={
             "model": ckpt.path,
-            "resize_mode": models_service.resize_mode_of(session, job),
+            "resize_mode": resize_mode,
             "threshold": repr(float(form.threshold)),
         },
         files=files,
@@ -299,7 +344,10 @@ def _result(settings: Settings, job_id: uuid.UUID, name: str) -> bytes:
     "/jobs/{job_id}/results",
     operation_id="get_job_results",
     summary="Results of an inference or evaluation job",
-    response_model=InferenceResults | EvaluationResults | DenseEvaluationResults,
+    response_model=InferenceResults
+    | PredictionResults
+    | EvaluationResults
+    | DenseEvaluationResults,
     responses={
         200: {"content": {"text/csv": {}}},
         404: {"model": Problem},
@@ -336,6 +384,9 @@ def get_results(
         for line in _result(settings, job.id, "results.jsonl").decode().splitlines()
         if line
     ]
+    task = (job.request or {}).get("task", "classification")
+    if task != "classification":
+        return _prediction_results(job, task, rows, page, per_page, format)
     if format == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
@@ -358,6 +409,47 @@ def get_results(
     start = (page - 1) * per_page
     return InferenceResults(
         items=rows[start : start + per_page], total=len(rows), page=page, per_page=per_page
+    )
+
+
+def _prediction_results(
+    job: Job, task: str, rows: list[dict[str, Any]], page: int, per_page: int, format: str
+) -> Any:
+    """A prediction job's rows, paged; or as CSV, one line per box (or per class present)."""
+    if format == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        if task == "detection":
+            writer.writerow(["filename", "label", "score", "x0", "y0", "x1", "y1", "error"])
+            for r in rows:
+                boxes = r.get("boxes") or []
+                for b in boxes:
+                    writer.writerow([r["filename"], b["label"], f"{b['score']:.5f}", *b["box"], ""])
+                if not boxes:
+                    writer.writerow([r["filename"], "", "", "", "", "", "", r.get("error") or ""])
+        else:
+            writer.writerow(["filename", "label", "pixels", "fraction", "error"])
+            for r in rows:
+                areas = r.get("areas") or []
+                for a in areas:
+                    writer.writerow([r["filename"], a["label"], a["pixels"], a["fraction"], ""])
+                if not areas:
+                    writer.writerow([r["filename"], "", "", "", r.get("error") or ""])
+        return Response(
+            buf.getvalue(),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{job.id}.csv"'},
+        )
+    start = (page - 1) * per_page
+    return PredictionResults.model_validate(
+        {
+            "task": task,
+            "threshold": (job.request or {}).get("threshold"),
+            "items": rows[start : start + per_page],
+            "total": len(rows),
+            "page": page,
+            "per_page": per_page,
+        }
     )
 
 
@@ -457,11 +549,6 @@ def evaluate(
     job = jobs_service.get_job(session, job_id, user)
     ckpt = models_service.resolve_checkpoint(session, job, form.checkpoint)
     task = models_service.job_task(session, job)
-    if task != "classification" and form.archive is not None:
-        raise InvalidInput(
-            f"a {task} model is evaluated on a dataset's split (dataset_id, split), not an archive",
-            code="unsupported_task",
-        )
     request: dict[str, Any] = {
         "checkpoint": ckpt.name,
         "split": form.split,

@@ -206,6 +206,17 @@ class InferenceResults(BaseModel):
     per_page: int
 
 
+class PredictionResults(BaseModel):
+    """A page of a prediction job's results: POST /predict's rows, without the drawings."""
+
+    task: Literal["detection", "segmentation"]
+    threshold: float | None = Field(default=None, description="Detection: the lowest score kept")
+    items: list[ImagePrediction]
+    total: int
+    page: int
+    per_page: int
+
+
 class ClassMetrics(BaseModel):
     """Precision and recall of one class."""
 
@@ -272,6 +283,12 @@ class DenseEvaluationResults(BaseModel):
     per_class: list[DenseClassMetrics]
     confusion_matrix: list[list[int]] | None = Field(
         default=None, description="Segmentation, in pixels: rows true class, columns predicted"
+    )
+    skipped: int | None = Field(
+        default=None, description="An uploaded archive: the files its import skipped"
+    )
+    skipped_samples: list[dict[str, str]] | None = Field(
+        default=None, description="The first of them, each with its path and reason"
     )
 
 

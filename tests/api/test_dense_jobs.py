@@ -91,7 +91,7 @@ def _upload_image(i: int, scale: int = 2) -> tuple[str, bytes, str]:
 
 
 def test_a_detector_killed_mid_training_resumes_and_predicts_boxes(
-    pg_stack: Stack, boxes: dict
+    pg_stack: Stack, boxes: dict, tmp_path: Path
 ) -> None:
     epochs = 5
     with pg_stack.client() as client:
@@ -165,8 +165,8 @@ def test_a_detector_killed_mid_training_resumes_and_predicts_boxes(
         archive = client.post(
             f"/jobs/{job_id}/evaluate", files={"archive": ("a.zip", b"PK", "application/zip")}
         )
-        assert archive.status_code == 400
-        assert "split" in archive.json()["detail"]
+        assert archive.status_code == 400, archive.text
+        assert "archive" in archive.json()["detail"]
         evaluation = client.post(f"/jobs/{job_id}/evaluate", data={"split": "val"})
         assert evaluation.status_code == 202, evaluation.text
         done = wait_for(client, f"/jobs/{evaluation.json()['id']}", timeout=120)
@@ -193,6 +193,61 @@ def test_a_detector_killed_mid_training_resumes_and_predicts_boxes(
         assert info["classes"] == sorted(shapes.CLASSES)
         assert info["num_classes"] == len(shapes.CLASSES) + 1
         _onnx_finds_the_predicted_boxes(client, job_id)
+        _held_out_archives(client, job_id, tmp_path, final["best"]["val.map"]["value"])
+
+
+HELD = shapes.render(8, SIZE, SIZE, seed=77)  # never imported
+
+
+def _held_out_archives(client: httpx.Client, job_id: str, tmp_path: Path, best: float) -> None:
+    """An archive of held-out images is a prediction job whose rows are the interactive
+    ones; a labelled one (VOC, plus a box of a class the model does not know) evaluates."""
+    folder = tmp_path / "held"
+    shapes.write_voc(folder, HELD)
+    voc = next(f for f in sorted((folder / "Annotations").iterdir()) if "circle" in f.read_text())
+    voc.write_text(voc.read_text().replace("<name>circle</name>", "<name>hexagon</name>", 1))
+    archive = zip_folder(folder, tmp_path / "held.zip")
+    resp = client.post(
+        f"/jobs/{job_id}/predict",
+        data={"threshold": "0.3"},
+        files={"archive": ("held.zip", archive.read_bytes(), "application/zip")},
+    )
+    assert resp.status_code == 202, resp.text
+    job = wait_for(client, f"/jobs/{resp.json()['id']}", timeout=120)
+    assert job["status"] == "done", job["error"]
+    assert job["last"]["inference.images"]["value"] == len(HELD)
+    page = client.get(f"/jobs/{job['id']}/results", params={"per_page": 5}).json()
+    assert (page["task"], page["total"], len(page["items"]), page["threshold"]) == (
+        "detection",
+        len(HELD),
+        5,
+        0.3,
+    )
+    first = page["items"][0]
+    assert first["overlay_png"] is None
+    name = first["filename"].rsplit("/", 1)[-1]
+    png = (folder / "JPEGImages" / name).read_bytes()
+    direct = client.post(
+        f"/jobs/{job_id}/predict", data={"threshold": "0.3"}, files=[("images", (name, png))]
+    ).json()["predictions"][0]
+    assert first["boxes"] == direct["boxes"]
+    lines = client.get(f"/jobs/{job['id']}/results", params={"format": "csv"}).text.splitlines()
+    assert lines[0] == "filename,label,score,x0,y0,x1,y1,error"
+    total_boxes = int(job["last"]["inference.boxes"]["value"])
+    assert len(lines) - 1 >= total_boxes > 0
+    resp = client.post(
+        f"/jobs/{job_id}/evaluate",
+        files={"archive": ("held.zip", archive.read_bytes(), "application/zip")},
+    )
+    assert resp.status_code == 202, resp.text
+    done = wait_for(client, f"/jobs/{resp.json()['id']}", timeout=120)
+    assert done["status"] == "done", done["error"]
+    results = client.get(f"/jobs/{done['id']}/results").json()
+    assert (results["images"], results["dataset_id"]) == (len(HELD), None)
+    assert results["skipped"] >= 1
+    assert any("hexagon" in s["reason"] for s in results["skipped_samples"])
+    # objects never seen are found about as well as the validation's
+    assert results["metrics"]["map"] > best - 0.3
 
 
 def _onnx_finds_the_predicted_boxes(client: httpx.Client, job_id: str) -> None:
@@ -264,11 +319,40 @@ def test_a_segmenter_trains_with_iou_and_predicts_masks(
         assert sum(a["pixels"] for a in pred["areas"]) == SIZE * SIZE
         assert sum(a["fraction"] for a in pred["areas"]) == pytest.approx(1.0, abs=1e-3)
         _exports_give_the_predicted_mask(client, job_id, mask, len(masks["classes"]))
+        # the held-out masks as an archive: a prediction job, and an evaluation
+        folder = tmp_path / "held"
+        shapes.write_masks(folder, HELD)
+        archive = zip_folder(folder, tmp_path / "held.zip").read_bytes()
+        resp = client.post(
+            f"/jobs/{job_id}/predict", files={"archive": ("h.zip", archive, "application/zip")}
+        )
+        assert resp.status_code == 202, resp.text
+        job = wait_for(client, f"/jobs/{resp.json()['id']}", timeout=120)
+        assert job["status"] == "done", job["error"]
+        rows = client.get(f"/jobs/{job['id']}/results").json()["items"]
+        images_ = [r for r in rows if r["filename"].startswith("images/")]
+        assert len(images_) == len(HELD)
+        for row in images_:
+            assert _png(row["mask_png"]).shape == (SIZE, SIZE)
+            assert sum(a["pixels"] for a in row["areas"]) == SIZE * SIZE
+        csv_text = client.get(f"/jobs/{job['id']}/results", params={"format": "csv"}).text
+        assert csv_text.splitlines()[0] == "filename,label,pixels,fraction,error"
+        resp = client.post(
+            f"/jobs/{job_id}/evaluate", files={"archive": ("h.zip", archive, "application/zip")}
+        )
+        done = wait_for(client, f"/jobs/{resp.json()['id']}", timeout=120)
+        assert done["status"] == "done", done["error"]
+        results = client.get(f"/jobs/{done['id']}/results").json()
+        assert results["images"] == len(HELD)
+        assert 0 < results["metrics"]["miou"] <= 1
     # the same through the CLI, with the drawing saved
     image = tmp_path / "held.png"
     image.write_bytes(_upload_image(2, 1)[1])
     result = run(pg_stack, "predict", job_id, str(image), "--save-overlays", str(tmp_path / "o"))
     assert result.returncode == 0, result.stderr
+    queued = run(pg_stack, "predict", job_id, "--archive", str(tmp_path / "held.zip"))
+    assert queued.returncode == 0, queued.stderr
+    assert "prediction job" in queued.stdout
     assert "% of the image" in result.stdout
     with Image.open(tmp_path / "o" / "held.png") as drawn:
         assert drawn.size == (SIZE, SIZE)

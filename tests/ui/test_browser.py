@@ -235,7 +235,7 @@ def test_a_detector_from_the_form_charts_map_and_draws_its_predictions(
     page.click("button:has-text('Cancel')")
     # evaluated on its val split: mAP and the per-class precision-recall curves
     page.click("[data-tab=evaluate]")
-    assert page.locator("option[value=archive]").count() == 0
+    assert page.locator("option[value=archive]").count() == 1  # a labelled archive, any format
     page.click("[data-action=evaluate]")
     page.wait_for_selector("[data-testid=evaluation][data-task=detection]", timeout=60_000)
     page.wait_for_selector("[data-chart=pr] canvas")
@@ -247,6 +247,19 @@ def test_a_detector_from_the_form_charts_map_and_draws_its_predictions(
         page.wait_for_selector("[data-chart=map] canvas")
         page.wait_for_timeout(300)
         page.screenshot(path=str(Path(shots) / "job-detection-charts-light.png"), full_page=True)
+    # an archive dropped on Predict is a prediction job, whose page lists each image's boxes
+    held = tmp_path / "held"
+    held.mkdir()
+    for i, sample in enumerate(shapes.render(3, 48, 48, seed=98)):
+        sample.image.save(held / f"h{i}.png")
+    page.goto(page.url.rsplit("/jobs/", 1)[0] + f"/jobs/{job_id}")
+    page.click("[data-tab=predict]")
+    page.set_input_files(
+        "[data-testid=predict-drop] input[type=file]", str(zip_folder(held, tmp_path / "h.zip"))
+    )
+    page.wait_for_selector("[data-testid=dense-rows][data-task=detection]", timeout=60_000)
+    assert page.locator("[data-testid=dense-rows] tbody tr").count() == 3
+    assert "Prediction results" in page.inner_text("main")
 
 
 def test_queue_lenet_from_the_form_with_the_lr_preview(ui: UI, ui_stack: Stack) -> None:

@@ -7,6 +7,7 @@ service maps boxes back onto the uploaded image with the resize geometry.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,100 @@ def export_torchscript(model: DenseModel, path: Path) -> None:
 
 
 EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A class-index mask as a greyscale PNG whose values are the class ids."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(mask, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def prediction_rows(
+    model: DenseModel,
+    payload: list[tuple[str, bytes]],
+    *,
+    resize_mode: str,
+    threshold: float,
+    max_pixels: int,
+    describe: Callable[[str, Exception], str],
+    drawn: bool = True,
+) -> list[dict[str, Any]]:
+    """One row per (name, bytes): boxes mapped back onto the image's own pixels (and
+    `stored_box` at the training size), or the class mask as a PNG with per-class areas;
+    with `drawn`, the prediction drawn on the stored image (`overlay_png`). An image that
+    cannot be read is a row with `error` (`describe` words it)."""
+    import base64
+
+    from shared import images, overlays
+
+    rows: list[dict[str, Any]] = []
+    arrays: list[np.ndarray] = []
+    places: list[tuple[int, tuple[float, float, float, float]]] = []
+    for name, data in payload:
+        try:
+            img = images.decode(data, max_pixels=max_pixels)
+            arr = images.prepare(
+                img,
+                model.width,
+                model.height,
+                model.channels,
+                resize_mode,
+                np.random.default_rng(0),
+            )
+        except Exception as exc:
+            rows.append({"filename": name, "error": describe(name, exc)})
+            continue
+        geometry = images.geometry(img.width, img.height, model.width, model.height, resize_mode)
+        places.append((len(rows), geometry))
+        rows.append({"filename": name, "width": img.width, "height": img.height})
+        arrays.append(arr)
+    if not arrays:
+        return rows
+    batch = np.stack(arrays)
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode("ascii")
+
+    if model.task == "detection":
+        for (row_i, (sx, sy, dx, dy)), arr, boxes in zip(
+            places, arrays, model.detect(batch, threshold), strict=True
+        ):
+            row = rows[row_i]
+            w, h = row["width"], row["height"]
+            for box in boxes:  # back onto the uploaded image
+                x0, y0, x1, y1 = box["box"]
+                box["box"] = [
+                    round(max(0.0, min(w, (x0 - dx) / sx)), 2),
+                    round(max(0.0, min(h, (y0 - dy) / sy)), 2),
+                    round(max(0.0, min(w, (x1 - dx) / sx)), 2),
+                    round(max(0.0, min(h, (y1 - dy) / sy)), 2),
+                ]
+                box["stored_box"] = [x0, y0, x1, y1]
+            row["boxes"] = boxes
+            if drawn:
+                stored = np.array([b["stored_box"] for b in boxes], dtype=np.float32)
+                row["overlay_png"] = b64(
+                    overlays.boxes_png(
+                        arr,
+                        stored.reshape(-1, 4),
+                        np.array([b["class_id"] for b in boxes], dtype=np.int64),
+                        model.classes,
+                        scores=np.array([b["score"] for b in boxes], dtype=np.float32),
+                    )
+                )
+    else:
+        for (row_i, _geometry), arr, mask in zip(places, arrays, model.segment(batch), strict=True):
+            row = rows[row_i]
+            row["areas"] = class_areas(mask, model.classes)
+            row["mask_png"] = b64(mask_png(mask))
+            if drawn:
+                row["overlay_png"] = b64(overlays.mask_png(arr, mask))
+    return rows
 
 
 def class_areas(mask: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:

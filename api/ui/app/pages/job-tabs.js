@@ -279,11 +279,11 @@ export function EvaluateTab({ job, checkpoints }) {
     <form class="card" onSubmit=${run}><div class="card-head"><h2>Evaluate</h2></div><div class="card-body form">
       <div class="fields">
         <div class="field"><label for="ev-src">Images</label><select id="ev-src" value=${source} onChange=${(e) => setSource(e.target.value)}>
-          <option value="val">the dataset's val split</option><option value="test">the dataset's test split</option><option value="train">the dataset's train split</option>${(job.request.task || "classification") === "classification" && html`<option value="archive">a labelled archive</option>`}</select></div>
+          <option value="val">the dataset's val split</option><option value="test">the dataset's test split</option><option value="train">the dataset's train split</option><option value="archive">a labelled archive</option></select></div>
         <div class="field"><label for="ev-ck">Checkpoint</label><select id="ev-ck" value=${ckpt} onChange=${(e) => setCkpt(e.target.value)}>${checkpoints.map((c) => html`<option value=${c.name}>${c.name}</option>`)}</select></div>
         <div class="field"><label for="ev-n">Top images per class</label><input id="ev-n" type="number" min="0" max="100" value=${topN} onInput=${(e) => setTopN(e.target.value)} /></div>
       </div>
-      ${source === "archive" && html`<${DropZone} accept=".zip,.tar,.tgz,.gz" onFiles=${(f) => setArchive(f[0])}>${archive ? html`<b>${archive.name}</b>` : html`<b>Drop an archive</b> of class folders with the job's class names`}<//>`}
+      ${source === "archive" && html`<${DropZone} accept=".zip,.tar,.tgz,.gz" onFiles=${(f) => setArchive(f[0])}>${archive ? html`<b>${archive.name}</b>` : html`<b>Drop an archive</b> ${(job.request.task || "classification") === "classification" ? "of class folders with the job's class names" : "with annotations in any format the dataset import reads (COCO, VOC, KITTI, YOLO, or image and mask pairs)"}`}<//>`}
       <${Problem} error=${error} />
       <div class="row"><span class="grow"></span><button class="primary" type="submit" disabled=${busy || !checkpoints.length} data-action="evaluate">${busy ? "Starting…" : "Evaluate"}</button></div>
     </div></form>
@@ -307,11 +307,13 @@ export function PredictTab({ job, checkpoints }) {
     setError(null);
     setBusy(true);
     const form = new FormData();
-    for (const f of files) form.append("images", f, f.name);
+    // an archive (or more images than the service answers at once) becomes a prediction job
+    for (const f of files) form.append(/\.(zip|tar|tgz|gz)$/i.test(f.name) ? "archive" : "images", f, f.name);
     form.append("checkpoint", ckpt);
     if (detection) form.append("threshold", threshold);
     try {
       const body = await upload(`/jobs/${job.id}/predict`, form);
+      if (body.kind === "inference") { toast("Queued as a prediction job"); navigate(`/jobs/${body.id}`); return; }
       const made = body.predictions.map((p) => ({ ...p, ms: body.milliseconds, checkpoint: body.checkpoint, threshold: body.threshold }));
       setResults((old) => [...made, ...old].slice(0, 60));
     } catch (err) {
@@ -328,8 +330,8 @@ export function PredictTab({ job, checkpoints }) {
         ${detection && html`<div class="field"><label for="pr-th">Lowest score</label><select id="pr-th" data-testid="threshold" value=${threshold} onChange=${(e) => setThreshold(e.target.value)}>${["0.05", "0.25", "0.5", "0.75", "0.9"].map((k) => html`<option value=${k}>${k}</option>`)}</select></div>`}
         ${results[0] && html`<span class="small muted" style=${{ alignSelf: "flex-end" }}>last answer in ${fmtNum(results[0].ms, 3)} ms (${results[0].checkpoint})</span>`}
       </div>
-      <${DropZone} multiple accept="image/*" onFiles=${run} testid="predict-drop">
-        ${busy ? (detection ? "Detecting…" : "Segmenting…") : html`<b>Drop images here</b> or click to choose; ${detection ? "boxes are drawn at the training size and listed in the image's own pixels" : "the mask is blended over the image"}`}
+      <${DropZone} multiple accept="image/*,.zip,.tar,.tgz,.gz" onFiles=${run} testid="predict-drop">
+        ${busy ? (detection ? "Detecting…" : "Segmenting…") : html`<b>Drop images here</b> or click to choose; ${detection ? "boxes are drawn at the training size and listed in the image's own pixels" : "the mask is blended over the image"}. An archive, or many images, becomes a prediction job.`}
       <//>
       <${Problem} error=${error} />
     </div></div>

@@ -152,7 +152,7 @@ function DenseEvaluation({ job, res, title }) {
     <div class="stack">
       <div class="grid cols-4">
         ${stats.map(([label, value]) => html`<div class="card stat"><div class="label">${label}</div><div class="value" data-testid=${label}>${fmtPct(value, 1)}</div></div>`)}
-        <div class="card stat"><div class="label">Images</div><div class="value">${fmtNum(res.images)}</div><div class="hint">checkpoint ${res.checkpoint}</div></div>
+        <div class="card stat"><div class="label">Images</div><div class="value">${fmtNum(res.images)}</div><div class="hint">checkpoint ${res.checkpoint}${res.skipped ? html` · <span title=${(res.skipped_samples || []).map((x) => `${x.path}: ${x.reason}`).join("\n")}>${fmtNum(res.skipped)} skipped</span>` : ""}</div></div>
       </div>
       <div class="grid cols-2">
         <div class="card"><div class="card-head"><h2>Per class</h2></div><div class="table-wrap" style=${{ maxHeight: "520px" }}><table class="t" data-testid="per-class">
@@ -169,6 +169,23 @@ function DenseEvaluation({ job, res, title }) {
   </main>`;
 }
 
+// a prediction job's rows: boxes per image (above its threshold), or the classes' areas
+function DensePredictionRows({ data }) {
+  const detection = data.task === "detection";
+  const summary = (r) => {
+    if (r.error) return html`<span class="err">${r.error}</span>`;
+    if (detection) {
+      const counts = {};
+      for (const b of r.boxes || []) counts[b.label] = (counts[b.label] || 0) + 1;
+      return Object.entries(counts).map(([label, n]) => `${n} ${label}`).join(" · ") || html`<span class="muted">nothing above ${data.threshold}</span>`;
+    }
+    return (r.areas || []).map((a) => `${a.label} ${fmtPct(a.fraction, 0)}`).join(" · ");
+  };
+  return html`<div class="table-wrap"><table class="t" data-testid="dense-rows" data-task=${data.task}><thead><tr><th>File</th><th class="num">${detection ? "Boxes" : "Classes"}</th><th>${detection ? `Objects (score ≥ ${data.threshold})` : "Area"}</th><th class="num">Best score</th></tr></thead>
+    <tbody>${data.items.map((r) => html`<tr><td class="mono">${r.filename}</td><td class="num">${detection ? (r.boxes || []).length : (r.areas || []).length}</td><td class="small">${summary(r)}</td>
+      <td class="num">${detection && r.boxes && r.boxes.length ? fmtPct(r.boxes[0].score, 1) : ""}</td></tr>`)}</tbody></table></div>`;
+}
+
 export function InferenceView({ initial }) {
   const job = useFinalJob(initial);
   const [page, setPage] = useQueryState("page", "1");
@@ -177,13 +194,13 @@ export function InferenceView({ initial }) {
   useEffect(() => { if (job.status === "done") api(`/jobs/${job.id}/results?page=${page}&per_page=100`).then(setData, setError); }, [job.status, page]);
   const pages = data ? Math.max(1, Math.ceil(data.total / data.per_page)) : 1;
   return html`<main class="page" data-testid="inference">
-    <${Head} job=${job} title="Inference results" />
+    <${Head} job=${job} title=${job.request.task && job.request.task !== "classification" ? "Prediction results" : "Inference results"} />
     <${Problem} error=${error} />
     ${data && html`<div class="card">
       <div class="toolbar"><b>${fmtNum(data.total)} images</b><span class="grow"></span><a class="btn small" href=${`${API}/jobs/${job.id}/results?format=csv`} download>Download CSV</a></div>
-      <div class="table-wrap"><table class="t"><thead><tr><th>File</th><th>Top prediction</th><th class="num">Probability</th><th>Others</th></tr></thead>
+      ${data.task ? html`<${DensePredictionRows} data=${data} />` : html`<div class="table-wrap"><table class="t"><thead><tr><th>File</th><th>Top prediction</th><th class="num">Probability</th><th>Others</th></tr></thead>
         <tbody>${data.items.map((r) => html`<tr><td class="mono">${r.filename}</td><td><b>${r.top[0] && r.top[0].label}</b></td><td class="num">${r.top[0] && fmtPct(r.top[0].probability, 1)}</td>
-          <td class="small muted">${r.top.slice(1).map((p) => `${p.label} ${fmtPct(p.probability, 0)}`).join(" · ")}</td></tr>`)}</tbody></table></div>
+          <td class="small muted">${r.top.slice(1).map((p) => `${p.label} ${fmtPct(p.probability, 0)}`).join(" · ")}</td></tr>`)}</tbody></table></div>`}
       <div class="table-foot"><span class="grow"></span><button class="small" disabled=${Number(page) <= 1} onClick=${() => setPage(String(Number(page) - 1))}>Previous</button>
         <span>Page ${page} of ${pages}</span><button class="small" disabled=${Number(page) >= pages} onClick=${() => setPage(String(Number(page) + 1))}>Next</button></div>
     </div>`}
