@@ -275,9 +275,19 @@ def make_plan(session: Any, settings: Settings, job: Job) -> TrainingPlan:
             raise ValueError(f"the previous job's checkpoint {name!r} is gone")
         init_checkpoint = row.path
         network = _head_free(source.request["network"])
-    elif network["kind"] == "standard" and network.get("backbone_job_id"):
-        # a job with checkpoints of its own resumes from them: the backbone job may be gone
+    elif network["kind"] == "standard" and (
+        network.get("backbone_job_id") or network.get("backbone_model_id")
+    ):
+        # a job with checkpoints of its own resumes from them: the backbone may be gone
         own = session.scalar(select(Checkpoint.id).where(Checkpoint.job_id == job.id).limit(1))
+        if own is None and network.get("backbone_model_id"):
+            store = artifacts.get_store(settings)
+            ref = store.ref(
+                f"{artifacts.pretrained_prefix(uuid.UUID(network['backbone_model_id']))}/init.pt"
+            )
+            if not store.exists(ref):
+                raise ValueError("the backbone's pretrained model is gone")
+            init_checkpoint = ref
     if network["kind"] == "standard" and network.get("backbone_job_id") and own is None:
         from shared.services.jobs import backbone_checkpoint
 

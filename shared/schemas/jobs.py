@@ -46,6 +46,18 @@ class StandardNetwork(_Strict):
         "job's best checkpoint (its network must be the backbone's: resnet18 for "
         "fcos_resnet18_fpn, resnet50 for the ResNet-50 ones, mobilenet_v3_large for the rest)",
     )
+    backbone_model_id: uuid.UUID | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="Detection and segmentation: start the backbone from this uploaded "
+        "pretrained model instead (GET /pretrained-models; the same network rule)",
+    )
+
+    @model_validator(mode="after")
+    def _one_backbone(self) -> StandardNetwork:
+        if self.backbone_job_id is not None and self.backbone_model_id is not None:
+            raise ValueError("give backbone_job_id or backbone_model_id, not both")
+        return self
 
 
 class CustomNetwork(_Strict):

@@ -135,18 +135,34 @@ def backbone_checkpoint(session: Session, job_id: uuid.UUID) -> Checkpoint | Non
 
 
 def _check_backbone(session: Session, network: StandardNetwork, user: User) -> None:
+    """A backbone from one of our classification jobs or an uploaded pretrained model must
+    be the backbone's own network, and have weights to give."""
     info = networks.CATALOG[network.name]
+    field = "backbone_job_id" if network.backbone_job_id is not None else "backbone_model_id"
     if info.task == "classification":
         raise InvalidInput(
-            f"{network.name} is a classification network: backbone_job_id is for detection "
+            f"{network.name} is a classification network: {field} is for detection "
             "and segmentation networks (fine-tune a classifier with kind previous)",
             code="invalid_backbone",
         )
     if info.backbone is None:
         raise InvalidInput(
-            f"{network.name}'s backbone cannot start from a classification job",
+            f"{network.name}'s backbone cannot start from a classification model",
             code="invalid_backbone",
         )
+    if network.backbone_model_id is not None:
+        from shared.services.models import get_pretrained
+
+        model = get_pretrained(session, network.backbone_model_id, user)
+        base = model.network or {}
+        trained = base.get("name") if base.get("kind") == "standard" else base.get("kind")
+        if trained != info.backbone:
+            raise InvalidInput(
+                f"pretrained model {model.id} is a {trained}; {network.name}'s backbone is "
+                f"{info.backbone}",
+                code="invalid_backbone",
+            )
+        return
     source = session.get(Job, network.backbone_job_id)
     if (
         source is None
@@ -188,7 +204,7 @@ def _check_network(
             networks.check_standard(network.name, dataset.image_channels, height, width)
         except ValueError as exc:
             raise InvalidInput(str(exc), code="invalid_network") from exc
-        if network.backbone_job_id is not None:
+        if network.backbone_job_id is not None or network.backbone_model_id is not None:
             _check_backbone(session, network, user)
     elif isinstance(network, CustomNetwork):
         try:

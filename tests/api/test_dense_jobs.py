@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import signal
 import tarfile
 import time
@@ -486,7 +487,7 @@ def test_a_backbone_must_come_from_a_classifier_of_the_backbones_network(
                 },
                 boxes,
                 "invalid_backbone",
-                "cannot start from a classification job",
+                "cannot start from a classification model",
             ),
             (
                 {"name": "lenet", "backbone_job_id": lenet_job["job"]["id"]},
@@ -530,6 +531,63 @@ def test_a_backbone_must_come_from_a_classifier_of_the_backbones_network(
         )
         assert resp.status_code == 404, resp.text
         assert resp.json()["code"] == "job_not_found"
+
+
+def test_a_backbone_from_a_classification_job_or_its_uploaded_model(
+    pg_stack: Stack, boxes: dict, lenet_job: dict, digits_dataset: dict
+) -> None:
+    """A ResNet-18 trained on the digits gives FCOS its backbone, as a job and as the
+    pretrained model made from it; a LeNet model, an unknown one, or both at once are refused."""
+    with pg_stack.client() as client:
+        resp = _job(client, digits_dataset, "resnet18", epochs=1, batch_size=128)
+        assert resp.status_code == 202, resp.text
+        resnet = wait_for(client, f"/jobs/{resp.json()['jobs'][0]['id']}", timeout=300)
+        assert resnet["status"] == "done", resnet["error"]
+        made = client.post(f"/jobs/{resnet['id']}/pretrained", json={"name": "resnet18-digits"})
+        assert made.status_code == 201, made.text
+        lenet = client.post(f"/jobs/{lenet_job['job']['id']}/pretrained", json={})
+        assert lenet.status_code == 201, lenet.text
+        for backbone, code in (
+            ({"backbone_model_id": lenet.json()["id"]}, "invalid_backbone"),
+            ({"backbone_model_id": str(uuid.uuid4())}, "pretrained_model_not_found"),
+            (
+                {"backbone_model_id": made.json()["id"], "backbone_job_id": resnet["id"]},
+                "validation_error",
+            ),
+        ):
+            network = {"kind": "standard", "name": "fcos_resnet18_fpn", **backbone}
+            refused = client.post(
+                "/jobs", json={"dataset_id": boxes["id"], "name": "b", "network": network}
+            )
+            assert refused.status_code in (400, 404, 422), refused.text
+            assert refused.json()["code"] == code, refused.text
+        ids = []
+        for backbone in (
+            {"backbone_job_id": resnet["id"]},
+            {"backbone_model_id": made.json()["id"]},
+        ):
+            network = {"kind": "standard", "name": "fcos_resnet18_fpn", **backbone}
+            resp = client.post(
+                "/jobs",
+                json={
+                    "dataset_id": boxes["id"],
+                    "name": "fcos from resnet18",
+                    "network": network,
+                    "recipe": "recommended",
+                    "hyperparameters": {"epochs": 1, "batch_size": 8},
+                },
+            )
+            assert resp.status_code == 202, resp.text
+            assert resp.json()["jobs"][0]["request"]["network"] == network
+            ids.append(resp.json()["jobs"][0]["id"])
+        for job_id in ids:
+            final = wait_for(client, f"/jobs/{job_id}", timeout=300)
+            assert final["status"] == "done", final["error"]
+            log = client.get(f"/jobs/{job_id}/logs").text
+            # all of ResNet-18 but its grey first convolution and its classifier
+            found = re.search(r"backbone initialised from \S+: (\d+) tensors loaded", log)
+            assert found, log[-2000:]
+            assert int(found.group(1)) > 50, found.group(0)
 
 
 def test_the_catalog_names_each_networks_task(pg_stack: Stack) -> None:
