@@ -112,7 +112,9 @@ def run_inference(running: lifecycle.Running) -> lifecycle.Outcome:
         sources += [(str(p.relative_to(extracted)), p) for p in _images_in(extracted)]
     running.check()
     if not sources:
-        return lifecycle.Outcome(Status.ERROR, "no images to classify")
+        return lifecycle.Outcome(
+            Status.ERROR, "no images to predict" if dense else "no images to classify"
+        )
     if dense:
         return _predict_dense(running, folder, sources)
     k = int(request.get("top_k", 5))
@@ -190,6 +192,7 @@ def _predict_dense(
         log.warning("job=%s %s: %s", running.id, name, type(exc).__name__)
         return f"{name}: cannot be converted"
 
+    threshold = request.get("threshold")  # detection's; segmentation has none
     tmp = folder / ".results.jsonl.tmp"
     failed = found = 0
     with open(tmp, "w") as fh:
@@ -199,7 +202,7 @@ def _predict_dense(
                 model,
                 [(name, path.read_bytes()) for name, path in chunk],
                 resize_mode=request["resize_mode"],
-                threshold=float(request.get("threshold", 0.5)),
+                threshold=0.5 if threshold is None else float(threshold),
                 max_pixels=ctx.settings.max_image_pixels,
                 describe=describe,
                 drawn=False,
@@ -239,10 +242,14 @@ def run_evaluation(running: lifecycle.Running) -> lifecycle.Outcome:
     if dataset_id:
         dataset_dir = artifacts.local_dataset(ctx.settings, uuid.UUID(dataset_id))
     else:
+        from worker.datasets.importer import ImportAborted
+
         try:
             dataset_dir = _import_archive(folder, model, request["resize_mode"], running)
         except archives.UnsafeArchive as exc:
             return lifecycle.Outcome(Status.ERROR, f"archive: {exc}")
+        except ImportAborted:
+            raise lifecycle.Stopped from None
         split = "train"
     reader = dataset_store.open_split(dataset_dir, split)
     data_classes = dataset_store.read_classes(dataset_dir)
@@ -314,7 +321,7 @@ def _evaluate_dense(running: lifecycle.Running, folder: Path) -> lifecycle.Outco
     if dataset_id:
         dataset_dir = artifacts.local_dataset(ctx.settings, uuid.UUID(dataset_id))
     else:
-        from worker.datasets.importer import DatasetImportError
+        from worker.datasets.importer import DatasetImportError, ImportAborted
 
         try:
             dataset_dir, skipped = _import_annotated_archive(
@@ -322,8 +329,13 @@ def _evaluate_dense(running: lifecycle.Running, folder: Path) -> lifecycle.Outco
             )
         except (archives.UnsafeArchive, DatasetImportError) as exc:
             return lifecycle.Outcome(Status.ERROR, f"archive: {exc}")
+        except ImportAborted:
+            raise lifecycle.Stopped from None
+        finally:
+            storage.remove_tree(folder / "extracted")
         split = "train"
     if dataset_store.read_classes(dataset_dir) != model.classes:
+        storage.remove_tree(folder / "eval-data")
         return lifecycle.Outcome(Status.ERROR, "the data's classes are not the model's")
     reader = dataset_store.open_split(dataset_dir, split)
     if reader.shape != (model.height, model.width, model.channels):

@@ -350,17 +350,28 @@ def create_app(settings: Settings | None = None) -> Starlette:
                         f"a {predict.type_name(dense_model)} model exports "
                         f"{', '.join(allowed) or 'nothing but its weights'}, not {refused[0]}",
                     )
-                return packed(
-                    out,
-                    lambda folder: predict.write_model_dir(
-                        dense_model,
-                        folder,
-                        name=body.name,
-                        resize_mode=body.resize_mode.value,
-                        checkpoint=body.checkpoint.model_dump(mode="json"),
-                        exports=list(body.exports),
-                    ),
-                )
+
+                def fill_dense(folder: Path) -> None:
+                    try:
+                        predict.write_model_dir(
+                            dense_model,
+                            folder,
+                            name=body.name,
+                            resize_mode=body.resize_mode.value,
+                            checkpoint=body.checkpoint.model_dump(mode="json"),
+                            exports=list(body.exports),
+                        )
+                    except (RuntimeError, ValueError) as exc:  # the ONNX exporter's errors included
+                        log.warning("dense export failed: %s: %s", type(exc).__name__, exc)
+                        raise ServiceError(
+                            409,
+                            "export_failed",
+                            f"the {', '.join(body.exports)} export of this "
+                            f"{predict.type_name(dense_model)} failed; its weights download "
+                            "without it",
+                        ) from None
+
+                return packed(out, fill_dense)
             try:
                 model = load_fresh(model_path, limits)  # moved between devices: not the cached one
             except (inference.ModelFileError, FileNotFoundError, NotADirectoryError) as exc:

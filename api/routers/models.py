@@ -292,7 +292,7 @@ def predict(
     if form.archive is not None or len(images) > settings.classify_max_images:
         request_ = {
             "checkpoint": ckpt.name,
-            "threshold": float(form.threshold),
+            "threshold": float(form.threshold) if task == "detection" else None,
             "resize_mode": resize_mode,
             "task": task,
         }

@@ -103,7 +103,9 @@ def require_exports(session: Session, job: Job, exports: list[str]) -> None:
     if task == "classification" or not exports:
         return
     network = standard_network(session, job)
-    allowed = exports_of(network) if network else ()
+    if network is None:  # a chain of previous jobs that was cut: the checkpoint itself says
+        return
+    allowed = exports_of(network)
     refused = [e for e in exports if e not in allowed]
     if refused:
         has = (
@@ -308,7 +310,13 @@ def prepare_delete_pretrained(session: Session, model_id: uuid.UUID, user: User)
         select(Job).where(Job.status.in_([Status.INITIALIZED, Status.WAITING]))
     ).all()
     users = [
-        j for j in waiting if (j.request.get("network") or {}).get("model_id") == str(model_id)
+        j
+        for j in waiting
+        if str(model_id)
+        in (
+            (j.request.get("network") or {}).get("model_id"),
+            (j.request.get("network") or {}).get("backbone_model_id"),  # a detector's backbone
+        )
     ]
     if users:
         raise Conflict(
