@@ -254,12 +254,19 @@ def test_a_detector_from_the_form_charts_map_and_draws_its_predictions(
         sample.image.save(held / f"h{i}.png")
     page.goto(page.url.rsplit("/jobs/", 1)[0] + f"/jobs/{job_id}")
     page.click("[data-tab=predict]")
+    page.select_option("[data-testid=threshold]", "0.05")
     page.set_input_files(
         "[data-testid=predict-drop] input[type=file]", str(zip_folder(held, tmp_path / "h.zip"))
     )
     page.wait_for_selector("[data-testid=dense-rows][data-task=detection]", timeout=60_000)
     assert page.locator("[data-testid=dense-rows] tbody tr").count() == 3
     assert "Prediction results" in page.inner_text("main")
+    assert "score ≥ 0.05" in page.inner_text("[data-testid=dense-rows] thead")
+    if shots:
+        page.wait_for_timeout(300)
+        page.screenshot(
+            path=str(Path(shots) / "prediction-job-detection-light.png"), full_page=True
+        )
 
 
 def test_queue_lenet_from_the_form_with_the_lr_preview(ui: UI, ui_stack: Stack) -> None:
