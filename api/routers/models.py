@@ -379,14 +379,15 @@ def get_results(
         if data.get("task") in ("detection", "segmentation"):
             return DenseEvaluationResults.model_validate(data)
         return EvaluationResults.model_validate(data)
+    lines = [line for line in _result(settings, job.id, "results.jsonl").splitlines() if line]
+    start = (page - 1) * per_page
+    # a page parses its own rows only (a segmentation job's rows carry their mask PNGs)
     rows = [
-        json.loads(line)
-        for line in _result(settings, job.id, "results.jsonl").decode().splitlines()
-        if line
+        json.loads(line) for line in (lines if format == "csv" else lines[start : start + per_page])
     ]
     task = (job.request or {}).get("task", "classification")
     if task != "classification":
-        return _prediction_results(job, task, rows, page, per_page, format)
+        return _prediction_results(job, task, rows, len(lines), page, per_page, format)
     if format == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
@@ -406,16 +407,20 @@ def get_results(
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{job.id}.csv"'},
         )
-    start = (page - 1) * per_page
-    return InferenceResults(
-        items=rows[start : start + per_page], total=len(rows), page=page, per_page=per_page
-    )
+    return InferenceResults(items=rows, total=len(lines), page=page, per_page=per_page)
 
 
 def _prediction_results(
-    job: Job, task: str, rows: list[dict[str, Any]], page: int, per_page: int, format: str
+    job: Job,
+    task: str,
+    rows: list[dict[str, Any]],
+    total: int,
+    page: int,
+    per_page: int,
+    format: str,
 ) -> Any:
-    """A prediction job's rows, paged; or as CSV, one line per box (or per class present)."""
+    """A prediction job's page of rows; or (all rows) as CSV, one line per box or per class
+    present."""
     if format == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
@@ -440,13 +445,12 @@ def _prediction_results(
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{job.id}.csv"'},
         )
-    start = (page - 1) * per_page
     return PredictionResults.model_validate(
         {
             "task": task,
             "threshold": (job.request or {}).get("threshold"),
-            "items": rows[start : start + per_page],
-            "total": len(rows),
+            "items": rows,
+            "total": total,
             "page": page,
             "per_page": per_page,
         }
