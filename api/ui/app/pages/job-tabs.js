@@ -308,7 +308,13 @@ export function PredictTab({ job, checkpoints }) {
     setBusy(true);
     const form = new FormData();
     // an archive (or more images than the service answers at once) becomes a prediction job
-    for (const f of files) form.append(/\.(zip|tar|tgz|gz)$/i.test(f.name) ? "archive" : "images", f, f.name);
+    const isArchive = (f) => /\.(zip|tar|tgz|gz)$/i.test(f.name);
+    if (files.filter(isArchive).length > 1) {
+      setError({ problem: { title: "One archive at a time", detail: "drop one archive, or the images themselves" } });
+      setBusy(false);
+      return;
+    }
+    for (const f of files) form.append(isArchive(f) ? "archive" : "images", f, f.name);
     form.append("checkpoint", ckpt);
     if (detection) form.append("threshold", threshold);
     try {
