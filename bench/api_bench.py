@@ -204,9 +204,15 @@ def top_entries(path: Path, k: int = 12) -> dict[str, list[str]]:
     return summary
 
 
-def seed(db_url: str, template: dict[str, Any], owner: uuid.UUID) -> tuple[uuid.UUID, int]:
-    """JOBS copies of a real job's row (with their status histories), and one more job with
-    a POINTS-point series; returns that job and how many jobs there are now."""
+def seed(
+    db_url: str,
+    template: dict[str, Any],
+    owner: uuid.UUID,
+    job_count: int = JOBS,
+    point_count: int = POINTS,
+) -> tuple[uuid.UUID, int]:
+    """job_count copies of a real job's row (with their status histories), and one more job
+    with a point_count-point series; returns that job and how many jobs there are now."""
     import psycopg
 
     conn = psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://"))
@@ -215,10 +221,10 @@ def seed(db_url: str, template: dict[str, Any], owner: uuid.UUID) -> tuple[uuid.
     best = json.dumps(template["best"])
     last = json.dumps(template["last"])
     big = uuid.uuid4()
-    for i in range(JOBS + 1):
-        job_id = big if i == JOBS else uuid.uuid4()
+    for i in range(job_count + 1):
+        job_id = big if i == job_count else uuid.uuid4()
         at = f"2026-01-01 00:00:00.{i:06d}+00"
-        # the series' job runs: its reads are never kept, each one reads the 100,000 points
+        # the series' job runs: its reads are never kept, each one reads all its points
         status = "running" if job_id == big else "done"
         fields = [job_id, "train", owner, f"bench-{i}", f"g{i % 50}", request, status]
         fields += [template["epoch"], template["step"], template["total_steps"], best, last]
@@ -228,7 +234,7 @@ def seed(db_url: str, template: dict[str, Any], owner: uuid.UUID) -> tuple[uuid.
             worker = "bench" if after == "running" else NULL
             changes.write(f"job\t{job_id}\t{before}\t{after}\t{worker}\t{at}\n")
     points = io.StringIO()
-    for k in range(POINTS):
+    for k in range(point_count):
         value = math.exp(-k / 20_000) + 0.05 * math.sin(k * 0.37)
         points.write(f"{big}\ttrain.loss\t{k}\t{k / 1000}\t{value}\t2026-01-01 00:00:00+00\n")
     columns = (
@@ -330,6 +336,8 @@ def main() -> None:
     args = parser.parse_args()
     seconds = 1 if args.quick else args.seconds
     pair_count = 1 if args.quick else args.repeats
+    # smoke: a tenth of the rows, still 5x max_points, so the series is decimated all the same
+    job_count, point_count = (JOBS // 10, POINTS // 10) if args.quick else (JOBS, POINTS)
     use_wrk = ensure_wrk()
     results: dict[str, dict[str, Any]] = {}
     with BenchStack() as bench:
@@ -348,7 +356,7 @@ def main() -> None:
             ).json()["jobs"][0]
             job = client.get(f"/jobs/{job['id']}").json()
             owner = uuid.UUID(client.get("/users/me").json()["id"])
-        big, total = seed(bench.db, job, owner)
+        big, total = seed(bench.db, job, owner, job_count, point_count)
         targets = {
             "health": f"{api}/health",
             "get_job": f"{api}/jobs/{job['id']}",
@@ -394,7 +402,7 @@ def main() -> None:
                 bare.terminate()
                 bare.wait()
         series_url = f"{api}/jobs/{big}/metrics?format=columnar&max_points=2000"
-        repeats = 5 if args.quick else 20
+        repeats = 2 if args.quick else 20
         read = metrics_read(series_url, headers, repeats)
         # finished, its decimated series are kept (by the job row's updated_at): a re-read
         finish(bench.db, big)
@@ -427,7 +435,7 @@ def main() -> None:
     emit(
         {
             "benchmark": "api_metrics_read",
-            "points_in": POINTS,
+            "points_in": point_count,
             "max_points": 2000,
             **read,
             "finished_job_median_ms": kept["median_ms"],

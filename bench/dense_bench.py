@@ -134,8 +134,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     size, count, repeats = args.size, args.images, args.repeats
-    if args.quick:
-        size, count, repeats = 48, 16, 1
+    if args.quick:  # smoke: half a batch of small images, one pair
+        size, count, repeats = 32, 8, 1
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

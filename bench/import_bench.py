@@ -133,11 +133,11 @@ def main() -> int:
     """Run the benchmark and print the JSON line."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=20_000)
-    parser.add_argument("--quick", action="store_true", help="2,000 images")
+    parser.add_argument("--quick", action="store_true", help="500 images")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="cProfile one 1-process import")
     args = parser.parse_args()
-    n = 2_000 if args.quick else args.images
+    n = 500 if args.quick else args.images
     cores = len(os.sched_getaffinity(0))
 
     with tempfile.TemporaryDirectory(prefix="import_bench_") as tmp:
@@ -153,7 +153,7 @@ def main() -> int:
             prof.disable()
             pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
         base, one, many = [], [], []
-        for _ in range(args.repeats):
+        for _ in range(1 if args.quick else args.repeats):
             base.append(baseline(paths))
             one.append(service(root, out, 1))
             many.append(service(root, out, cores))
@@ -177,7 +177,7 @@ def main() -> int:
             }
         )
     )
-    jpeg = jpeg_case(200 if args.quick else 2_000, 1 if args.quick else args.repeats, cores)
+    jpeg = jpeg_case(100 if args.quick else 2_000, 1 if args.quick else args.repeats, cores)
     print(json.dumps({**jpeg, "python": platform.python_version(), "pillow": PIL.__version__}))
     return 0
 

@@ -43,14 +43,19 @@ def _resnet18(side: int, channels: int) -> inference.LoadedModel:
     )
 
 
-def edge(side: int, channels: int, rounds: int, batch: int) -> dict[str, Any]:
-    """fp32 and int8 ONNX of ResNet-18 at side x side: sizes, and latencies paired per round."""
+def edge(
+    side: int, channels: int, rounds: int, batch: int, most_images: int = 256
+) -> dict[str, Any]:
+    """fp32 and int8 ONNX of ResNet-18 at side x side: sizes, and latencies paired per round
+    (calibrated on at most most_images random images)."""
     import onnxruntime
 
     model = _resnet18(side, channels)
     rng = np.random.default_rng(0)
     count = max(quantize.MIN_CALIBRATION_IMAGES, quantize.CALIBRATION_PIXELS // (side * side))
-    calibration = rng.integers(0, 256, (min(256, count), side, side, channels), dtype=np.uint8)
+    calibration = rng.integers(
+        0, 256, (min(most_images, count), side, side, channels), dtype=np.uint8
+    )
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
         inference.export_onnx(model, fp32)
@@ -91,11 +96,11 @@ def edge(side: int, channels: int, rounds: int, batch: int) -> dict[str, Any]:
     }
 
 
-def _lenet_job(bench: BenchStack) -> tuple[str, bytes]:
+def _lenet_job(bench: BenchStack, per_class: int | None = None) -> tuple[str, bytes]:
     """A LeNet trained on the digits at 28 px through the API, and one validation PNG."""
     from tests.support import wait_for
 
-    dataset = bench.digits_dataset(size=28)
+    dataset = bench.digits_dataset(size=28, max_per_class=per_class)
     with bench.stack.client() as client:
         job = client.post(
             "/jobs",
@@ -115,9 +120,11 @@ def _lenet_job(bench: BenchStack) -> tuple[str, bytes]:
     return job["id"], png
 
 
-def explain_latency(bench: BenchStack, runs: int, methods: list[str]) -> dict[str, Any]:
+def explain_latency(
+    bench: BenchStack, runs: int, methods: list[str], per_class: int | None = None
+) -> dict[str, Any]:
     """p50 of explain and of classify for one 28x28 image, alternating, end to end."""
-    job_id, png = _lenet_job(bench)
+    job_id, png = _lenet_job(bench, per_class)
     files = [("images", ("digit.png", png, "image/png"))]
     wall: dict[str, list[float]] = {m: [] for m in [*methods, "classify"]}
     service: dict[str, list[float]] = {m: [] for m in wall}
@@ -171,10 +178,18 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [(28, 1)] if args.quick else [(28, 1), (224, 3)]
     for side, channels in sizes:
-        emit(edge(side, channels, rounds=3 if args.quick else 7, batch=32))
+        # smoke: one round, calibrated on the fewest images quantize takes (also the batch)
+        most = quantize.MIN_CALIBRATION_IMAGES if args.quick else 256
+        emit(edge(side, channels, rounds=1 if args.quick else 7, batch=32, most_images=most))
     methods = ["gradcam"] if args.quick else ["gradcam", "integrated_gradients", "occlusion"]
+    # smoke: the LeNet learns from 20 digits a class (latency does not depend on accuracy)
+    per_class = 20 if args.quick else None
     with BenchStack(model_server=True) as bench:
-        emit(explain_latency(bench, runs=10 if args.quick else 50, methods=methods))
+        emit(
+            explain_latency(
+                bench, runs=3 if args.quick else 50, methods=methods, per_class=per_class
+            )
+        )
 
 
 if __name__ == "__main__":

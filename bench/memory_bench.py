@@ -36,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    jobs = 3 if args.quick else 10
+    jobs = 2 if args.quick else 10  # smoke: a first and a last job, the growth between them
     bare = subprocess.Popen([sys.executable, "-c", "import torch, time; time.sleep(60)"])
     started = time.monotonic()
     with BenchStack() as bench:

@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    n = 1000 if args.quick else args.images
+    n = 300 if args.quick else args.images  # smoke: five batches of 64 an epoch
     repeats = 1 if args.quick else args.repeats
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "folder"

@@ -155,8 +155,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.trials, args.epochs, args.workers = 2, 1, 1
+    # smoke: 20 digits a class (200, not 1,797): both studies train on the same arrays anyway
+    per_class = 20 if args.quick else None
     with BenchStack(train_workers=args.workers) as bench:
-        dataset = bench.digits_dataset(28)
+        dataset = bench.digits_dataset(28, max_per_class=per_class)
         folder = Path(bench.stack.env["DIGITS_DATA_DIR"]) / "datasets" / dataset["id"]
         (tx, ty), (vx, vy) = _arrays(folder, "train"), _arrays(folder, "val")
         arrays = {"tx": tx.copy(), "ty": ty.copy(), "vx": vx.copy(), "vy": vy.copy()}
