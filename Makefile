@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-slow lint format bench bench-smoke clean
+.PHONY: install run test lint format bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,6 @@ run: install
 test: install
 	bash scripts/ensure-services.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
-
-# what takes minutes: the five-minute detection and segmentation training runs
-test-slow: install
-	bash scripts/ensure-services.sh
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
